@@ -1,0 +1,158 @@
+"""The one YAML configuration of rl-flywheel, parsed into typed pydantic models.
+
+Every section lives in its own module (``data``, ``train``, ``rewards``, ``release``); this module composes
+them, expands ``${ENV_VAR}`` references, and turns validation failures into one error that names every bad
+key path (``source.uri: must be a local folder or s3://bucket/prefix``).
+
+Secrets (``SecretStr`` fields such as ``rewards.judge.api_key``) are never printed: ``render_config`` masks them.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from flywheel.config.data import SourceConfig, ValidateConfig
+from flywheel.config.release import EvaluateConfig, RegistryConfig, ScheduleConfig, ServeConfig
+from flywheel.config.rewards import RewardsConfig
+from flywheel.config.train import ModelConfig, TrainConfig
+
+__all__ = [
+    "ConfigError", "FlywheelConfig", "ProjectConfig", "load_config", "render_config",
+    "SourceConfig", "ValidateConfig", "ModelConfig", "TrainConfig", "RewardsConfig",
+    "EvaluateConfig", "RegistryConfig", "ServeConfig", "ScheduleConfig",
+]
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectConfig(Strict):
+    name: str = Field("support-bot", description="Use case name; the MLflow registered model and experiment are named after it.")
+    state_dir: Path = Field(Path(".flywheel"), description="Folder for manifests, snapshots, quarantine, caches, MLflow's SQLite store and checkpoints.")
+
+
+class FlywheelConfig(Strict):
+    """The whole configuration. Every section has defaults, so an empty file is a valid config (the embedded demo)."""
+
+    project: ProjectConfig = ProjectConfig()
+    source: SourceConfig = SourceConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    rewards: RewardsConfig = RewardsConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    serve: ServeConfig = ServeConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @property
+    def state(self) -> Path:
+        return Path(self.project.state_dir)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names each bad key path."""
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; a missing variable is an error naming the key."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable ${{{name}}} is not set")
+        return _ENV.sub(sub, node)
+    return node
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            part = "validate" if part == "validate_" else part
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def config_from_dict(raw: dict[str, Any] | None, where: str = "<config>") -> FlywheelConfig:
+    raw = _expand_env(raw or {})
+    try:
+        return FlywheelConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = _loc(err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{key}: unknown key")
+                continue
+            shown = err.get("input")
+            secret = any(w in key.lower() for w in ("key", "secret", "token", "password"))
+            got = "" if secret or isinstance(shown, (dict, list)) else f", got {shown!r}"
+            lines.append(f"{key}: {err['msg']}{got}")
+        raise ConfigError(f"{where}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FlywheelConfig:
+    """Load ``path`` (YAML) or the embedded defaults, then apply dotted ``overrides`` ({"source.uri": "..."})."""
+    raw: dict[str, Any] = {}
+    where = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return config_from_dict(raw, where)
+
+
+def _mask(node: Any) -> Any:
+    if isinstance(node, SecretStr):
+        return "**********" if node.get_secret_value() else ""
+    if isinstance(node, dict):
+        return {k: _mask(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask(v) for v in node]
+    if isinstance(node, Path):
+        return str(node)
+    return node
+
+
+def render_config(cfg: FlywheelConfig) -> str:
+    """The effective config as YAML, defaults filled in, secrets masked."""
+    data = _mask(cfg.model_dump(by_alias=True, mode="python"))
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,56 @@
+"""Config of the data plane: where logs come from (observe) and the contract they must meet (validate)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class S3Config(_Strict):
+    endpoint_url: str | None = Field(None, description="Custom S3 endpoint (MinIO, moto); None = AWS.")
+    region: str | None = Field(None, description="AWS region; None = the credential chain's default.")
+    profile: str | None = Field(None, description="AWS profile name; None = the standard credential chain.")
+
+
+class SourceConfig(_Strict):
+    uri: str = Field("demo_logs", description="Local folder or s3://bucket/prefix holding dt=YYYY-MM-DD/ partitions.")
+    s3: S3Config = S3Config()
+    max_workers: int = Field(8, ge=1, le=128, description="Parallel object downloads.")
+    retries: int = Field(5, ge=0, le=20, description="Retries with exponential backoff on transient S3 errors.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a local folder or s3://bucket/prefix")
+        if v.startswith("s3://") and len(v[5:].split("/", 1)[0]) < 3:
+            raise ValueError("s3 bucket name must have at least 3 characters")
+        return v
+
+
+class GatesConfig(_Strict):
+    min_rows: int = Field(1, ge=0, description="A batch with fewer rows in stops the flow.")
+    max_quarantine_fraction: float = Field(0.2, ge=0, le=1, description="Max share of rows quarantined.")
+    max_null_rate: float = Field(0.05, ge=0, le=1, description="Max share of rows missing a key field.")
+    max_duplicate_rate: float = Field(0.05, ge=0, le=1, description="Max share of duplicate request_id rows.")
+
+
+class LimitsConfig(_Strict):
+    max_messages: int = Field(64, ge=1, description="Max messages in one interaction.")
+    max_message_chars: int = Field(8000, ge=1, description="Max characters of one message's content.")
+    max_completion_chars: int = Field(8000, ge=1, description="Max characters of the completion.")
+    max_future_seconds: int = Field(300, ge=0, description="Timestamps later than now + this are rejected.")
+
+
+class PiiConfig(_Strict):
+    enabled: bool = Field(True, description="Scrub emails, phone numbers and card numbers from clean rows.")
+    extra_patterns: dict[str, str] = Field(default_factory=dict, description="name -> regex, scrubbed as [NAME].")
+
+
+class ValidateConfig(_Strict):
+    contract: str = Field("interaction_log_v1", description="Module in data_contracts/ exposing build_suite().")
+    gates: GatesConfig = GatesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    pii: PiiConfig = PiiConfig()
