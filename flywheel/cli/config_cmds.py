@@ -30,3 +30,11 @@ def show(file: Path = typer.Argument(None, help="YAML config file; omitted = emb
         typer.echo(str(e), err=True)
         raise typer.Exit(1)
     typer.echo(render_config(cfg), nl=False)
+
+
+@config_app.command("reference")
+def reference() -> None:
+    """Print the configuration reference (every key, type, default, meaning) as Markdown."""
+    from flywheel.config import render_reference
+
+    typer.echo(render_reference())

@@ -156,3 +156,39 @@ def render_config(cfg: FlywheelConfig) -> str:
     """The effective config as YAML, defaults filled in, secrets masked."""
     data = _mask(cfg.model_dump(by_alias=True, mode="python"))
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _fields(model: type[BaseModel], prefix: str):
+    """Yield (dotted key, type, default, description) for every leaf field of a config section."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{field.alias or name}" if prefix else (field.alias or name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _fields(ann, key)
+            continue
+        if field.default_factory is not None:
+            default = field.default_factory()
+        else:
+            default = field.default
+        default = _mask(default)
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
+        type_name = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+        type_name = type_name or re.sub(r"\b(?:[a-z_]+\.)+(?=[A-Za-z])", "", str(ann))
+        yield key, type_name, default, field.description or ""
+
+
+def render_reference() -> str:
+    """The configuration reference as Markdown tables, one per section (the README embeds it)."""
+    out = []
+    for section, field in FlywheelConfig.model_fields.items():
+        name = field.alias or section
+        out.append(f"#### `{name}`\n")
+        out.append("| key | type | default | meaning |")
+        out.append("|---|---|---|---|")
+        for key, type_name, default, doc in _fields(field.annotation, name):
+            required = repr(default) == "PydanticUndefined"
+            shown = "required" if required else f"`{default!r}`"
+            out.append(f"| `{key}` | {type_name.replace('|', 'or')} | {shown.replace('|', '/')} | {doc.replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)
