@@ -1,0 +1,167 @@
+"""A tiny Llama-architecture causal LM built offline: BPE tokenizer trained on a corpus + a model from a config.
+
+``build_tiny_model(out_dir, corpus_texts)`` writes a folder that ``AutoTokenizer`` / ``AutoModelForCausalLM``
+load like any Hugging Face model. Details that matter for RL (Huang et al., "N+ implementation details"):
+
+* distinct special tokens: ``<|pad|>`` (pad), ``<|im_end|>`` (EOS, closes every chat turn), ``<|im_start|>``;
+* digits are split one per token, so copying an order id is copying tokens, not guessing merges;
+* a ChatML chat template (``add_generation_prompt`` opens the assistant turn);
+* the tokenizer pads on the left, as batched generation needs.
+
+``pretrain_epochs > 0`` additionally fits the base to the corpus (plain next-token prediction, full weights), so the
+base "speaks" the log format the way a real pretrained model speaks English; LoRA SFT and PPO then adapt it.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+PAD, EOS, BOS, IM_START = "<|pad|>", "<|im_end|>", "<|bos|>", "<|im_start|>"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def train_tokenizer(corpus_texts: list[str], vocab_size: int = 1024):
+    """Byte-level BPE with single-digit tokens and the chat special tokens → a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, EOS, BOS, IM_START],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus_texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS,
+        additional_special_tokens=[IM_START], padding_side="left", model_max_length=512,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def read_corpus(path: str | Path) -> list[str]:
+    """Texts from a file or folder: JSONL interaction logs (message contents + completion), or plain text lines."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    texts: list[str] = []
+    for f in files:
+        if not (f.suffix in {".jsonl", ".json", ".txt", ".gz"}):
+            continue
+        opener = gzip.open if f.suffix == ".gz" else open
+        with opener(f, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    texts.append(line)
+                    continue
+                if not isinstance(row, dict):
+                    texts.append(line)
+                    continue
+                msgs = row.get("messages") or []
+                if isinstance(msgs, str):
+                    msgs = json.loads(msgs)
+                texts += [m.get("content") or "" for m in msgs if isinstance(m, dict)]
+                for key in ("completion", "gold_completion", "text"):
+                    if isinstance(row.get(key), str):
+                        texts.append(row[key])
+    if not texts:
+        raise ValueError(f"{path}: no texts found (expected JSONL logs or text lines)")
+    return texts
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    corpus_texts: list[str],
+    *,
+    vocab_size: int = 1024,
+    hidden_size: int = 192,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 512,
+    pretrain_epochs: int = 0,
+    pretrain_lr: float = 2e-3,
+    pretrain_batch_size: int = 32,
+    pretrain_texts: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Train the tokenizer on ``corpus_texts``, build a Llama from a config (~2.3M params by default), save both.
+
+    ``pretrain_texts`` (default: the corpus) are fitted for ``pretrain_epochs`` epochs; pass whole chat transcripts
+    (``tokenizer.apply_chat_template`` strings) so the base learns the turn structure too. Returns ``out_dir``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not corpus_texts:
+        raise ValueError("corpus_texts: empty corpus, the tokenizer needs text to train on")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(corpus_texts + [CHAT_TEMPLATE], vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, attention_dropout=0.0, hidden_act="silu",
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if pretrain_epochs > 0:
+        pretrain(model, tokenizer, pretrain_texts or corpus_texts, pretrain_epochs, pretrain_lr,
+                 pretrain_batch_size, seed)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def pretrain(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_size: int, seed: int) -> list[float]:
+    """Full-weight next-token training on ``texts`` (each followed by EOS); returns the per-epoch mean loss."""
+    rng = random.Random(seed)
+    data = [tokenizer(t, add_special_tokens=False)["input_ids"][:model.config.max_position_embeddings - 1]
+            + [tokenizer.eos_token_id] for t in dict.fromkeys(texts)]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    n_steps = epochs * math.ceil(len(data) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / n_steps))
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        rng.shuffle(data)
+        total = 0.0
+        for i in range(0, len(data), batch_size):
+            chunk = data[i:i + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, seq in enumerate(chunk):  # right padding for training
+                ids[j, :len(seq)] = torch.tensor(seq)
+                mask[j, :len(seq)] = 1
+            labels = ids.masked_fill(mask == 0, -100)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            total += loss.item() * len(chunk)
+        losses.append(total / len(data))
+    model.eval()
+    return losses
