@@ -307,7 +307,7 @@ def generate_logs(out_dir: str | Path, days: int = 3, rows_per_day: int = 1000, 
     accuracy = {**DEFAULT_INTENT_ACCURACY, **(intent_accuracy or {})}
     modes = DEFAULT_ERROR_MODES if error_modes is None else error_modes
     if start_date is None:
-        start = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)
+        start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
     else:
         start = start_date if isinstance(start_date, dt.date) else dt.date.fromisoformat(str(start_date))
     out = Path(out_dir)
@@ -338,7 +338,7 @@ def generate_logs(out_dir: str | Path, days: int = 3, rows_per_day: int = 1000, 
                 correct = is_correct(completion, intent, order_id)
                 total_by_intent[intent] += 1
                 correct_by_intent[intent] += correct
-                ts = dt.datetime.combine(day, dt.time(), dt.timezone.utc) + dt.timedelta(seconds=seconds[i])
+                ts = dt.datetime.combine(day, dt.time(), dt.UTC) + dt.timedelta(seconds=seconds[i])
                 row = {
                     "request_id": request_id, "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "task": TASK,
                     "model_version": MODEL_VERSION, "messages": messages, "completion": completion,
