@@ -99,7 +99,7 @@ class S3Source:
         bucket, _, prefix = uri[5:].partition("/")
         self.uri, self.bucket = uri, bucket
         self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-        self.retries = cfg.retries
+        self.retries, self.page_size = cfg.retries, cfg.list_page_size
         session = boto3.session.Session(profile_name=cfg.s3.profile, region_name=cfg.s3.region)
         self.client = session.client("s3", endpoint_url=cfg.s3.endpoint_url, config=Config(
             retries={"max_attempts": cfg.retries + 1, "mode": "standard"},
@@ -107,7 +107,8 @@ class S3Source:
 
     def list(self) -> list[ObjectRef]:
         out = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix,
+                                                                        PaginationConfig={"PageSize": self.page_size}):
             for obj in page.get("Contents", []):
                 out.append(ObjectRef(obj["Key"][len(self.prefix):], obj["ETag"].strip('"'), obj["Size"]))
         return sorted(out, key=lambda r: r.key)

@@ -19,6 +19,7 @@ class SourceConfig(_Strict):
     s3: S3Config = S3Config()
     max_workers: int = Field(8, ge=1, le=128, description="Parallel object downloads.")
     retries: int = Field(5, ge=0, le=20, description="Retries with exponential backoff on transient S3 errors.")
+    list_page_size: int = Field(1000, ge=1, le=1000, description="Keys per S3 ListObjectsV2 page.")
 
     @field_validator("uri")
     @classmethod
