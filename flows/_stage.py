@@ -1,0 +1,118 @@
+"""How the flows run a stage: Prefect options shared by every task call, failures that name the stage.
+
+* run names carry the night (``train-2026-11-25``);
+* results persist under ``<state>/prefect-results`` (a LocalFileSystem block saved per state dir, as Prefect 3 wants
+  result storage registered server-side), so a rerun of the same night finds them;
+* the cache key of a stage is a hash of its inputs (upstream records, the config, the night), so rerunning a night
+  skips every stage that finished and resumes at the one that failed; ``refresh=True`` recomputes;
+* retries with exponential backoff only on stages that do I/O against flaky services (S3, judge endpoint, registry,
+  serving) — never on training;
+* any exception leaves the task as ``StageFailed("stage <name> failed: <reason>")`` so the flow run's message says
+  where it broke.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+
+class StageFailed(RuntimeError):
+    """A stage of the nightly flow failed; ``stage`` names it, the message says why."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"stage {stage} failed: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json", by_alias=True)
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return _jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "get_secret_value"):
+        return "<secret>"
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else repr(obj)
+
+
+def digest(*objs: Any) -> str:
+    """Stable short hash of records/configs (pydantic models, dataclasses, dicts, paths)."""
+    blob = json.dumps([_jsonable(o) for o in objs], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Night:
+    """What every stage call of one flow run shares."""
+
+    day: str
+    state: Path
+    config_digest: str
+    refresh: bool = False
+    storage: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+
+    def ensure_storage(self) -> None:
+        """Register ``<state>/prefect-results`` as this state dir's result storage block (idempotent)."""
+        from prefect.filesystems import LocalFileSystem
+
+        path = (self.state / "prefect-results").resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        block = LocalFileSystem(basepath=str(path))
+        block.save(f"flywheel-results-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}", overwrite=True)
+        self.storage = block
+
+
+IO_RETRIES = {"observe": 3, "commit": 3}  # only where the task owner set none; never training or registration
+
+
+def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call Prefect ``task`` for stage ``name`` with the night's options; raise StageFailed naming the stage."""
+    from prefect.tasks import exponential_backoff
+
+    def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
+        return f"{name}-{night.day}-{digest(night.config_digest, params)}"
+
+    options: dict[str, Any] = dict(
+        task_run_name=f"{name}-{night.day}", persist_result=True, result_storage=night.storage,
+        cache_key_fn=cache_key, refresh_cache=night.refresh,
+    )
+    if name in IO_RETRIES and not getattr(task, "retries", 0):
+        options.update(retries=IO_RETRIES[name], retry_delay_seconds=exponential_backoff(backoff_factor=2))
+    t0 = time.perf_counter()
+    try:
+        state = task.with_options(**options)(*args, return_state=True, **kwargs)
+        result = state.result(raise_on_failure=True)
+    except StageFailed:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with the stage's name
+        raise StageFailed(name, f"{type(e).__name__}: {e}") from e
+    finally:
+        night.seconds[name] = round(time.perf_counter() - t0, 3)
+    night.cached[name] = bool(getattr(state, "name", "") == "Cached")
+    return result
+
+
+def call_plain(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run plain (non-task) glue with the same failure convention."""
+    try:
+        return fn(*args, **kwargs)
+    except StageFailed:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise StageFailed(name, f"{type(e).__name__}: {e}") from e

@@ -1,0 +1,170 @@
+"""The nightly flow: observe -> validate -> judge -> train -> evaluate -> promote -> deploy (DESIGN.md §1).
+
+Each stage is a Prefect task of ``tasks/`` passing small typed records (URIs, counts, hashes, ids). ``flows/_stage.py``
+gives every call its night-stamped run name, persisted result, input-derived cache key (a rerun of the same night
+skips finished stages) and a failure message naming the stage. Every run publishes a Markdown summary and a gate
+table as Prefect artifacts, and returns a ``NightRecord``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel, Field
+
+from flows._stage import Night, StageFailed, call_plain, digest, run_stage
+from flywheel.config import FlywheelConfig, load_config
+
+__all__ = ["NightRecord", "StageFailed", "continuous_improvement", "night_of"]
+
+
+class NightRecord(BaseModel):
+    """What one night did, in numbers (the demo's report rows come from here)."""
+
+    day: str
+    status: str = Field(description="completed | skipped (no new rows)")
+    rows_in: int = 0
+    rows_clean: int = 0
+    rows_quarantined: int = 0
+    snapshot_hash: str | None = None
+    champion_reward: float | None = None
+    candidate_reward: float | None = None
+    candidate_ci: list[float | None] | None = None
+    gain: float | None = None
+    gain_ci: list[float | None] | None = None
+    promoted: bool = False
+    decision: str = ""
+    reason: str = ""
+    gates: list[dict] = Field(default_factory=list)
+    components: dict[str, Any] = Field(default_factory=dict)
+    champion_version: str | None = None
+    candidate_version: str | None = None
+    candidate_uri: str | None = None
+    base_model: str | None = None
+    reward_curve: list[float] = Field(default_factory=list)
+    train_run_id: str | None = None
+    eval_run_id: str | None = None
+    eval_report_html: str | None = None
+    deploy: dict[str, Any] = Field(default_factory=dict)
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+    cached: dict[str, bool] = Field(default_factory=dict)
+
+
+def night_of(day: str | None, timezone: str) -> str:
+    """The night's date (YYYY-MM-DD): ``day`` if given (validated), else today in the schedule's timezone."""
+    if day:
+        try:
+            return dt.date.fromisoformat(day).isoformat()
+        except ValueError:
+            raise StageFailed("flow", f"day: expected YYYY-MM-DD, got {day!r}") from None
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(timezone)).date().isoformat()
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    return f"nightly-{params.get('day') or dt.date.today().isoformat()}"
+
+
+def _config(config_path: str | None, overrides: dict[str, Any] | None) -> FlywheelConfig:
+    return call_plain("config", load_config, config_path or None, overrides or {})
+
+
+@flow(name="continuous-improvement", flow_run_name=_run_name, log_prints=True, persist_result=False)
+def continuous_improvement(config_path: str | None = None, day: str | None = None,
+                           overrides: dict[str, Any] | None = None, refresh: bool = False) -> NightRecord:
+    """One night of the flywheel. ``day`` names the night (default: today in ``schedule.timezone``); ``refresh``
+    recomputes every stage instead of reusing the results a previous run of the same night persisted."""
+    from tasks.deploy import deploy_champion
+    from tasks.evaluate import evaluate_candidate
+    from tasks.judge import judge_snapshot
+    from tasks.observe import commit_observed, observe_logs
+    from tasks.promote import promote_candidate
+    from tasks.train import train_candidate
+    from tasks.validate import validate_snapshot
+
+    log = get_run_logger()
+    cfg = _config(config_path, overrides)
+    night = Night(day=night_of(day, cfg.schedule.timezone), state=cfg.state, config_digest=digest(cfg), refresh=refresh)
+    night.ensure_storage()
+
+    observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
+    if not observation.new_data:
+        record = NightRecord(day=night.day, status="skipped", reason=f"no new logs: {observation.message}")
+        log.info(record.reason)
+        return _finish(night, record)
+    clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validate_, str(cfg.state))
+    run_stage(night, "commit", commit_observed, observation, str(cfg.state))
+    record = NightRecord(day=night.day, status="completed", rows_in=clean.rows_in, rows_clean=clean.rows_clean,
+                         rows_quarantined=clean.rows_quarantined, snapshot_hash=clean.snapshot_hash)
+    scored = run_stage(night, "judge", judge_snapshot, cfg, clean)
+    candidate = run_stage(night, "train", train_candidate, cfg, scored)
+    evaluation = run_stage(night, "evaluate", evaluate_candidate, cfg, candidate, scored)
+    release = run_stage(night, "promote", promote_candidate, cfg, candidate, evaluation, scored)
+    deployed = run_stage(night, "deploy", deploy_champion, cfg, release)
+    _fill(record, candidate, evaluation, release, deployed)
+    return _finish(night, record)
+
+
+def _fill(record: NightRecord, candidate: Any, evaluation: Any, release: Any, deployed: Any) -> None:
+    s = evaluation.summary
+    record.candidate_uri = getattr(candidate, "adapter_uri", None)
+    record.reward_curve = list(getattr(candidate, "reward_curve", []) or [])
+    record.train_run_id = getattr(candidate, "run_id", None)
+    record.eval_run_id, record.eval_report_html = evaluation.run_id, evaluation.report_html
+    record.candidate_reward = s.get("total")
+    record.gain, record.gain_ci = s.get("gain"), s.get("gain_ci")
+    record.gates = [g.model_dump() for g in evaluation.decision.gates]
+    record.promoted = release.decision == "promoted"
+    record.decision, record.reason = release.decision, release.reason
+    record.champion_version = None if release.champion_version is None else str(release.champion_version)
+    record.candidate_version = None if release.version is None else str(release.version)
+    record.deploy = deployed.model_dump() if hasattr(deployed, "model_dump") else dict(deployed or {})
+
+
+def _finish(night: Night, record: NightRecord) -> NightRecord:
+    record.stage_seconds, record.cached = dict(night.seconds), dict(night.cached)
+    publish_artifacts(record)
+    return record
+
+
+def _f(x: Any) -> str:
+    return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+
+def publish_artifacts(record: NightRecord) -> None:
+    """Markdown summary + gate table (+ stage timings) as Prefect artifacts of this flow run."""
+    ci = record.candidate_ci or [None, None]
+    lines = [
+        f"# Night {record.day}: {record.status}",
+        "",
+        "| rows in | clean | quarantined | champion reward | candidate reward (95 % CI) | gain (95 % CI) | decision | champion |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {record.rows_in} | {record.rows_clean} | {record.rows_quarantined} | {_f(record.champion_reward)} | "
+        f"{_f(record.candidate_reward)} [{_f(ci[0])}, {_f(ci[1])}] | {_f(record.gain)} "
+        f"[{_f((record.gain_ci or [None, None])[0])}, {_f((record.gain_ci or [None, None])[1])}] | "
+        f"{record.decision or record.status} | v{record.champion_version or '-'} |",
+        "",
+        f"**Reason:** {record.reason or '-'}",
+        "",
+        f"- MLflow training run: `{record.train_run_id or '-'}`; evaluation run: `{record.eval_run_id or '-'}`",
+        f"- Evaluation report: `{record.eval_report_html or '-'}`",
+        f"- Deploy: {record.deploy.get('status', '-') if record.deploy else '-'}",
+        f"- Stage seconds: {', '.join(f'{k} {v:.1f}' for k, v in record.stage_seconds.items())}",
+        f"- Reused from an earlier run of this night: {', '.join(k for k, v in record.cached.items() if v) or 'none'}",
+    ]
+    create_markdown_artifact(key="nightly-summary", markdown="\n".join(lines), description=f"night {record.day}")
+    if record.gates:
+        create_table_artifact(key="nightly-gates", table=[
+            {"gate": g.get("name"), "value": g.get("value"), "threshold": g.get("threshold"),
+             "passed": g.get("passed"), "reason": g.get("reason")} for g in record.gates],
+            description=f"gate decisions, night {record.day}")
+    create_table_artifact(key="nightly-stages", table=[
+        {"stage": k, "seconds": v, "cached": record.cached.get(k, False)} for k, v in record.stage_seconds.items()],
+        description=f"stage timings, night {record.day}")

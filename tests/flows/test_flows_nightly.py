@@ -1,0 +1,103 @@
+"""The nightly flow end to end on the tiny model and small demo logs (Prefect test harness, real stages)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _champion(state: Path, name: str = "support-bot") -> int | None:
+    from flywheel.promote import CHAMPION, alias_version, client_for
+    from flywheel.tracking import tracking_uri
+
+    return alias_version(client_for(tracking_uri(state)), name, CHAMPION)
+
+
+def _versions(state: Path, name: str = "support-bot") -> int:
+    from flywheel.promote import client_for
+    from flywheel.tracking import tracking_uri
+
+    return len(client_for(tracking_uri(state)).search_model_versions(f"name='{name}'"))
+
+
+def _new_partition(out: Path, seed: int) -> str:
+    """A day of logs older than any seen so far, arriving late in the source folder (observe must read it)."""
+    from flywheel import demo_data
+
+    days = sorted(p.name[3:] for p in (out / "logs").glob("dt=*"))
+    day = (dt.date.fromisoformat(days[0]) - dt.timedelta(days=1 + seed)).isoformat()
+    tmp = out / f"late-{seed}"
+    demo_data.generate_logs(tmp, days=1, rows_per_day=200, seed=100 + seed, start_date=day)
+    shutil.copytree(tmp / f"dt={day}", out / "logs" / f"dt={day}")
+    return day
+
+
+def test_flows_demo_report_has_every_night(fast_demo):
+    out, report = fast_demo
+    saved = json.loads((out / "report.json").read_text())
+    assert len(saved["nights"]) == 2
+    for night in saved["nights"]:
+        for key in ("rows_in", "rows_clean", "rows_quarantined", "champion_reward", "candidate_reward",
+                    "candidate_ci", "promoted", "champion_version"):
+            assert key in night, key
+        assert night["rows_in"] == night["rows_clean"] + night["rows_quarantined"]
+        assert night["rows_quarantined"] > 0  # the demo logs carry defects
+        assert night["candidate_reward"] is not None and len(night["candidate_ci"]) == 2
+        assert night["candidate_ci"][0] <= night["candidate_reward"] <= night["candidate_ci"][1]
+        assert night["reward_curve"], "PPO metrics reach the report"
+        assert night["gates"], "every gate decision is recorded"
+    # night 2 starts from night 1's champion
+    n1, n2 = saved["nights"]
+    assert int(n2["champion_version"]) >= int(n1["champion_version"]) >= 1
+    html = (out / "report.html").read_text()
+    assert html.count("<img") >= 2 and "night" in html
+
+
+def test_flows_rerun_of_the_same_night_skips_finished_stages(fast_demo):
+    from flows.continuous_improvement import continuous_improvement
+
+    out, report = fast_demo
+    night = report["nights"][-1]
+    state = out / "state"
+    before = (_champion(state), _versions(state))
+    again = continuous_improvement(config_path=str(out / "flywheel.yaml"), day=night["day"])
+    assert all(again.cached.values()) and set(again.cached) >= {"observe", "validate", "judge", "train", "evaluate",
+                                                               "promote", "deploy"}
+    assert again.candidate_reward == night["candidate_reward"]
+    assert (_champion(state), _versions(state)) == before, "nothing re-registered"
+
+
+def test_flows_candidate_failing_its_gate_leaves_the_champion(fast_demo):
+    from flows.continuous_improvement import continuous_improvement
+
+    out, _ = fast_demo
+    state = out / "state"
+    champion = _champion(state)
+    day = _new_partition(out, seed=1)
+    rec = continuous_improvement(config_path=str(out / "flywheel.yaml"), day=day,
+                                 overrides={"evaluate.gates.min_gain_ci_low": 1e6})
+    assert rec.status == "completed" and rec.rows_clean > 0
+    assert rec.promoted is False
+    assert any(not g["passed"] for g in rec.gates)
+    assert _champion(state) == champion
+    assert rec.candidate_version is not None and int(rec.candidate_version) != champion  # registered as challenger
+
+
+def test_flows_failing_stage_fails_the_run_with_its_name(fast_demo):
+    from prefect.states import State
+
+    from flows.continuous_improvement import continuous_improvement
+
+    out, _ = fast_demo
+    day = _new_partition(out, seed=2)
+    state: State = continuous_improvement(config_path=str(out / "flywheel.yaml"), day=day,
+                                          overrides={"validate.gates.min_rows": 10**9}, return_state=True)
+    assert state.is_failed()
+    assert "stage validate failed" in state.message
+    with pytest.raises(Exception, match="stage validate failed"):
+        state.result()
