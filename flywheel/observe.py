@@ -55,7 +55,7 @@ class Observation(BaseModel):
     partitions: list[str] = []
     object_quarantine_uri: str | None = None
     manifest_pending_uri: str | None = None
-    seconds: dict[str, float] = {}    # phase -> seconds: list, read (download + decompress), parse, write
+    seconds: dict[str, float] = {}    # phase -> seconds: list, read (waiting for downloads), parse, write
 
 
 @dataclass(frozen=True)
@@ -506,33 +506,35 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
                            seconds=seconds, message=f"no new data in {uri}: {skipped} objects already processed, "
                                                     f"{ignored} ignored")
 
-    tables: list[pa.Table] = []
     bad_objects: list[dict] = []
     pending: dict[str, dict] = {}
     digests: dict[str, str] = {}
-    bytes_read, t_read, t_parse = 0, 0.0, 0.0
+    rows, bytes_read, t_parse, t_write = 0, 0, 0.0, 0.0
+    snap_dir = state / "snapshots"
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    tmp = snap_dir / f".observe-{os.getpid()}-{time.time_ns()}.parquet"
 
-    def fetch(ref: ObjectRef) -> tuple[bytes, str, float]:
-        start = time.perf_counter()
+    def fetch(ref: ObjectRef) -> tuple[bytes, str]:
         data = src.read(ref)
-        return data, hashlib.sha256(data).hexdigest(), time.perf_counter() - start
+        return data, hashlib.sha256(data).hexdigest()
 
+    # Downloads run ahead in threads (at most max_workers objects in memory); objects are parsed and appended to
+    # the snapshot in key order, so the snapshot is deterministic and memory stays bounded.
     bar = _progress(progress, len(wanted))
-    with cf.ThreadPoolExecutor(max_workers=source.max_workers) as pool:
-        window = 2 * source.max_workers            # bounded: at most this many objects in memory at once
-        futures = {}
-        todo = list(wanted)
-        while todo or futures:
-            while todo and len(futures) < window:
-                ref, dt = todo.pop(0)
-                futures[pool.submit(fetch, ref)] = (ref, dt)
-            done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: futures[f][0].key):
-                ref, dt = futures.pop(fut)
+    t_loop = time.perf_counter()
+    try:
+        with cf.ThreadPoolExecutor(max_workers=source.max_workers) as pool, \
+                pq.ParquetWriter(tmp, RAW_SCHEMA, compression="zstd", compression_level=1) as writer:
+            queue: list = []
+            todo = list(wanted)
+            while todo or queue:
+                while todo and len(queue) < source.max_workers:
+                    ref, dt = todo.pop(0)
+                    queue.append((pool.submit(fetch, ref), ref, dt))
+                fut, ref, dt = queue.pop(0)
                 entry = {"etag": ref.etag, "size": ref.size, "dt": dt}
                 try:
-                    data, digest, spent = fut.result()
-                    t_read += spent
+                    data, digest = fut.result()
                     bytes_read += len(data)
                     start = time.perf_counter()
                     table = _decode(ref, data, dt)
@@ -544,23 +546,24 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
                     bar.advance()
                     continue
                 del data
-                tables.append(table)
+                start = time.perf_counter()
+                writer.write_table(table, row_group_size=128 * 1024)
+                t_write += time.perf_counter() - start
+                rows += table.num_rows
                 digests[ref.key] = digest
                 pending[ref.key] = {**entry, "status": "read", "rows": table.num_rows}
+                del table
                 bar.advance()
-    bar.close()
-
-    start = time.perf_counter()
-    tables.sort(key=lambda t: t.column("source_object")[0].as_py() if t.num_rows else "")
-    table = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    loop = time.perf_counter() - t_loop
     content_hash = hashlib.sha256(b"".join(f"{k}\t{d}\n".encode() for k, d in sorted(digests.items()))).hexdigest()
-    snap_dir = state / "snapshots"
-    snap_dir.mkdir(parents=True, exist_ok=True)
     snapshot = snap_dir / f"{content_hash[:16]}.raw.parquet"
-    tmp = snapshot.with_suffix(".tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=1)
     os.replace(tmp, snapshot)
-    seconds.update(read=t_read, parse=t_parse, write=time.perf_counter() - start)
+    seconds.update(read=max(loop - t_parse - t_write, 0.0), parse=t_parse, write=t_write)
 
     obj_q = None
     if bad_objects:
@@ -572,12 +575,12 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
     _write_atomic(pending_path, orjson.dumps(pending))
     partitions = sorted({dt for _, dt in wanted})
     obs = Observation(
-        source_uri=uri, new_data=True, snapshot_uri=str(snapshot), snapshot_hash=content_hash, rows=table.num_rows,
+        source_uri=uri, new_data=True, snapshot_uri=str(snapshot), snapshot_hash=content_hash, rows=rows,
         objects_read=len(digests), objects_quarantined=len(bad_objects), objects_skipped=skipped,
         objects_ignored=ignored, bytes_read=bytes_read, partitions=partitions,
         object_quarantine_uri=str(obj_q) if obj_q else None, manifest_pending_uri=str(pending_path),
         seconds={k: round(v, 3) for k, v in seconds.items()},
-        message=f"read {table.num_rows} rows from {len(digests)} objects in {len(partitions)} partitions"
+        message=f"read {rows} rows from {len(digests)} objects in {len(partitions)} partitions"
                 + (f"; {len(bad_objects)} unreadable objects quarantined" if bad_objects else ""),
     )
     if commit:

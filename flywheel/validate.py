@@ -32,6 +32,9 @@ from flywheel.config.data import ValidateConfig
 from flywheel.schema import SNAPSHOT_COLUMNS
 
 KEY_FIELDS = ("request_id", "timestamp", "task", "model_version", "messages", "completion")
+CHECK_COLUMNS = ["request_id", "timestamp", "task", "model_version", "completion", "comment", "thumbs", "latency_ms",
+                 "_n_messages", "_max_content_chars", "_roles", "_errors", "_decoded"]
+BATCH_ROWS = 64 * 1024
 
 
 class GateResult(BaseModel):
@@ -148,7 +151,7 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     pii.patterns(cfg.pii.extra_patterns)                    # fail early on a bad extra regex
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    table = pq.read_table(snapshot_uri)
+    table = pq.read_table(snapshot_uri, columns=CHECK_COLUMNS)   # no message texts: those are streamed below
     snapshot_hash = snapshot_hash or Path(snapshot_uri).name.split(".")[0]
     tag = snapshot_hash[:16]
     rows_in = table.num_rows
@@ -170,6 +173,7 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     suite_failures = run_suite(_check_frame(table, rows), contract.build_suite, cfg.limits, now) if len(rows) else {}
     request_ids = table["request_id"].to_pandas()
     later_dup = request_ids.duplicated(keep="first").to_numpy() & request_ids.notna().to_numpy()
+    del table, request_ids
     for name, idx in suite_failures.items():
         if name.startswith("duplicate:"):
             idx = idx[later_dup[idx]]                        # keep the first occurrence
@@ -179,10 +183,6 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
         if len(idx):
             failures.setdefault(name, []).append(idx)
     failed = {name: np.unique(np.concatenate(parts)) for name, parts in failures.items()}
-    seconds["checks"] = time.perf_counter() - t0
-
-    # 3. quarantine
-    t0 = time.perf_counter()
     bad = np.zeros(rows_in, dtype=bool)
     for idx in failed.values():
         bad[idx] = True
@@ -190,28 +190,47 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     for name in sorted(failed):
         for i in failed[name].tolist():
             reasons.setdefault(i, []).append(name)
-    quarantine_path = state / "quarantine" / f"{tag}.jsonl"
-    examples = _write_quarantine(quarantine_path, table, np.flatnonzero(bad), reasons, tag, cfg.contract)
-    seconds["quarantine"] = time.perf_counter() - t0
+    seconds["checks"] = time.perf_counter() - t0
 
-    # 4. clean rows: drop internal columns, scrub PII, write
-    t0 = time.perf_counter()
-    clean = table.filter(pa.array(~bad)).select(SNAPSHOT_COLUMNS)
-    pii_counts: dict[str, int] = {}
-    if cfg.pii.enabled:
-        clean, pii_counts = pii.scrub(clean, cfg.pii.extra_patterns)
-    seconds["pii"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    # 3-4. one streamed pass: rejected rows -> quarantine JSONL, clean rows -> PII scrub -> clean snapshot
+    quarantine_path = state / "quarantine" / f"{tag}.jsonl"
     clean_path = state / "snapshots" / f"{tag}.clean.parquet"
-    clean_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = clean_path.with_suffix(".tmp")
-    pq.write_table(clean, tmp, compression="zstd", compression_level=1)
-    os.replace(tmp, clean_path)
-    seconds["write"] = time.perf_counter() - t0
+    for path in (quarantine_path, clean_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    examples: dict[str, list[dict]] = {}
+    pii_counts: dict[str, int] = {}
+    rows_clean, offset = 0, 0
+    seconds.update(quarantine=0.0, pii=0.0, write=0.0)
+    q_tmp, c_tmp = quarantine_path.with_suffix(".tmp"), clean_path.with_suffix(".tmp")
+    schema = pq.read_schema(snapshot_uri)
+    clean_schema = pa.schema([schema.field(c) for c in SNAPSHOT_COLUMNS])
+    with open(q_tmp, "wb") as qf, pq.ParquetWriter(c_tmp, clean_schema, compression="zstd",
+                                                   compression_level=1) as writer:
+        for batch in pq.ParquetFile(snapshot_uri).iter_batches(batch_size=BATCH_ROWS):
+            t0 = time.perf_counter()
+            mask = bad[offset:offset + batch.num_rows]
+            if mask.any():
+                _write_quarantine(qf, batch.filter(pa.array(mask)), offset + np.flatnonzero(mask), reasons, tag,
+                                  cfg.contract, examples)
+            seconds["quarantine"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            clean = pa.Table.from_batches([batch]).filter(pa.array(~mask)).select(SNAPSHOT_COLUMNS)
+            if cfg.pii.enabled:
+                clean, counts = pii.scrub(clean, cfg.pii.extra_patterns)
+                for k, n in counts.items():
+                    pii_counts[k] = pii_counts.get(k, 0) + n
+            seconds["pii"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            writer.write_table(clean, row_group_size=BATCH_ROWS)
+            rows_clean += clean.num_rows
+            offset += batch.num_rows
+            seconds["write"] += time.perf_counter() - t0
+    os.replace(q_tmp, quarantine_path)
+    os.replace(c_tmp, clean_path)
 
     # 5. invariant and gates
-    rows_quarantined, rows_clean = int(bad.sum()), clean.num_rows
-    if rows_in != rows_clean + rows_quarantined:
+    rows_quarantined = int(bad.sum())
+    if offset != rows_in or rows_in != rows_clean + rows_quarantined:
         raise RuntimeError(f"invariant broken: rows_in={rows_in} != rows_clean={rows_clean} + "
                            f"rows_quarantined={rows_quarantined} (snapshot {snapshot_uri})")
     checks = {name: len(idx) for name, idx in sorted(failed.items())}
@@ -274,28 +293,22 @@ def _rebuild(row: dict) -> str:
     return orjson.dumps(record).decode()
 
 
-def _write_quarantine(path: Path, table: pa.Table, rows: np.ndarray, reasons: dict[int, list[str]], tag: str,
-                      contract: str, per_check: int = 3) -> dict[str, list[dict]]:
-    """One JSONL record per rejected row; returns a few examples per reason for the report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    examples: dict[str, list[dict]] = {}
-    picked = table.take(pa.array(rows)).to_pylist() if len(rows) else []
-    out = []
-    for i, row in zip(rows.tolist(), picked):
+def _write_quarantine(out, batch: pa.RecordBatch, rows: np.ndarray, reasons: dict[int, list[str]], tag: str,
+                      contract: str, examples: dict[str, list[dict]], per_check: int = 3) -> None:
+    """One JSONL record per rejected row of ``batch`` (snapshot row numbers ``rows``); keeps a few examples."""
+    lines = []
+    for i, row in zip(rows.tolist(), batch.to_pylist()):
         raw = row["_raw"] if row["_raw"] is not None else _rebuild(row)
         rec = {"source_object": row["source_object"], "source_line": row["source_line"], "dt": row["dt"],
                "request_id": row["request_id"], "reasons": reasons[i], "raw": raw, "snapshot": tag,
                "contract": contract}
-        out.append(orjson.dumps(rec))
+        lines.append(orjson.dumps(rec) + b"\n")
         for reason in reasons[i]:
             ex = examples.setdefault(reason, [])
             if len(ex) < per_check:
                 ex.append({"source_object": rec["source_object"], "source_line": rec["source_line"],
                            "request_id": rec["request_id"], "raw": raw[:300]})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(b"\n".join(out) + (b"\n" if out else b""))
-    os.replace(tmp, path)
-    return examples
+    out.write(b"".join(lines))
 
 
 def write_report(v: Validation, examples: dict[str, list[dict]], snapshot_uri: str | Path) -> None:

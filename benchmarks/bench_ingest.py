@@ -1,0 +1,201 @@
+"""Ingest throughput and memory: observe + validate on N demo log rows, local JSONL and S3 (moto_server), by phase.
+
+    .venv/bin/python benchmarks/bench_ingest.py                     # 1M rows, local + S3 + peer, prints a table
+    .venv/bin/python benchmarks/bench_ingest.py --rows 200000 --json out.json --skip-s3
+
+Every scenario runs in a fresh subprocess so its peak RSS (ru_maxrss) is its own. "ingest s" is observe start to
+validate end (imports excluded; they are shown apart). The peer is the obvious baseline: stdlib ``json.loads`` per
+line, ``pandas.json_normalize``, Parquet write, no validation at all (on ``--peer-rows`` rows, rate compared).
+Goal (issue 2): >= 250,000 rows/s end-to-end for local JSONL, <= 2 GB peak RSS, 1M rows, 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def generate(data: Path, rows: int, defect_rate: float) -> None:
+    marker = data / f".rows-{rows}-{defect_rate}"
+    if marker.exists():
+        return
+    shutil.rmtree(data, ignore_errors=True)
+    from flywheel.demo_data import generate_logs
+
+    days = 4
+    generate_logs(data, days=days, rows_per_day=rows // days, seed=0, defect_rate=defect_rate,
+                  start_date="2026-10-01", fmt="jsonl", parts_per_day=4)
+    marker.touch()
+
+
+def worker(args) -> dict:
+    """One scenario in this process; returns its phase times and its own peak RSS."""
+    result = _scenario(args)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return result
+
+
+def _scenario(args) -> dict:
+    t0 = time.perf_counter()
+    if args.worker == "peer":
+        import pandas as pd
+    else:
+        import great_expectations  # noqa: F401
+
+        from flywheel.config.data import S3Config, SourceConfig, ValidateConfig
+        from flywheel.observe import observe
+        from flywheel.validate import GateFailed, validate
+    imports = time.perf_counter() - t0
+    start = time.perf_counter()
+    if args.worker == "peer":
+        import pandas as pd
+        files = sorted(Path(args.source).rglob("dt=*/*.jsonl"))
+        records, n = [], 0
+        for f in files:
+            for line in f.read_bytes().splitlines():
+                if n >= args.peer_rows:
+                    break
+                n += 1
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    records.append(obj)
+        t_parse = time.perf_counter() - start
+        frame = pd.json_normalize(records)
+        frame["messages"] = frame["messages"].map(json.dumps)
+        frame = frame.drop(columns=[c for c in frame.columns if c.startswith("metadata")])
+        frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(
+            Path(args.state) / "peer.parquet")
+        total = time.perf_counter() - start
+        return {"scenario": "peer", "rows": n, "imports_s": imports, "ingest_s": total,
+                "phases": {"read+parse": t_parse, "normalize+write": total - t_parse}}
+    s3 = S3Config(endpoint_url=args.endpoint) if args.endpoint else S3Config()
+    obs = observe(SourceConfig(uri=args.source, s3=s3), args.state)
+    try:
+        val = validate(obs.snapshot_uri, args.state, ValidateConfig(), snapshot_hash=obs.snapshot_hash)
+    except GateFailed as e:
+        val = e.validation
+    total = time.perf_counter() - start
+    o, v = obs.seconds, val.seconds
+    phases = {"list": o.get("list", 0), "read": o["read"], "parse": o["parse"], "write raw": o["write"],
+              "validate load": v["load"], "validate checks (GX)": v["checks"], "quarantine": v["quarantine"],
+              "pii": v["pii"], "write clean": v["write"]}
+    phases["other"] = total - sum(phases.values())
+    return {"scenario": args.worker, "rows": val.rows_in, "rows_clean": val.rows_clean,
+            "rows_quarantined": val.rows_quarantined, "imports_s": imports, "ingest_s": total, "phases": phases}
+
+
+def run_scenario(name: str, source: str, state: Path, endpoint: str | None, peer_rows: int) -> dict:
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    cmd = [sys.executable, __file__, "--worker", name, "--source", source, "--state", str(state),
+           "--peer-rows", str(peer_rows)] + (["--endpoint", endpoint] if endpoint else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "AWS_ACCESS_KEY_ID": "x",
+                         "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["rows_per_s"] = round(result["rows"] / result["ingest_s"])
+    return result
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def upload(endpoint: str, data: Path) -> None:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
+                      aws_secret_access_key="x")
+    s3.create_bucket(Bucket="bench-logs")
+    cfg = TransferConfig(multipart_threshold=1 << 30)
+    for f in sorted(data.rglob("dt=*/*.jsonl")):
+        s3.upload_file(str(f), "bench-logs", f"logs/{f.relative_to(data).as_posix()}", Config=cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--defect-rate", type=float, default=0.05)
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "flywheel-bench-ingest")
+    ap.add_argument("--peer-rows", type=int, default=200_000)
+    ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--json", type=Path, help="Write the figures here.")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--source", help=argparse.SUPPRESS)
+    ap.add_argument("--state", help=argparse.SUPPRESS)
+    ap.add_argument("--endpoint", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    t0 = time.perf_counter()
+    generate(args.data / "logs", args.rows, args.defect_rate)
+    print(f"data: {args.rows} rows ({args.defect_rate:.0%} defects) in {args.data / 'logs'} "
+          f"({time.perf_counter() - t0:.0f} s to generate or reuse)", flush=True)
+    results = [run_scenario("local", str(args.data / "logs"), args.data / "state-local", None, args.peer_rows)]
+    if not args.skip_s3:
+        proc, endpoint = start_moto()
+        try:
+            t0 = time.perf_counter()
+            upload(endpoint, args.data / "logs")
+            print(f"uploaded to moto_server in {time.perf_counter() - t0:.0f} s", flush=True)
+            results.append(run_scenario("s3", "s3://bench-logs/logs", args.data / "state-s3", endpoint,
+                                        args.peer_rows))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    if not args.skip_peer:
+        results.append(run_scenario("peer", str(args.data / "logs"), args.data / "state-peer", None, args.peer_rows))
+
+    phases = list(results[0]["phases"])
+    head = f"{'scenario':10}{'rows':>10}{'ingest s':>10}{'rows/s':>10}{'peak MB':>9}{'imports s':>10}"
+    print(head)
+    for r in results:
+        print(f"{r['scenario']:10}{r['rows']:>10}{r['ingest_s']:>10.2f}{r['rows_per_s']:>10}"
+              f"{r['peak_rss_mb'] or 0:>9}{r['imports_s']:>10.2f}")
+    print("\nphase seconds " + "".join(f"{r['scenario']:>10}" for r in results if r["scenario"] != "peer"))
+    for p in phases:
+        print(f"{p:22}" + "".join(f"{r['phases'].get(p, 0):>10.2f}" for r in results if r["scenario"] != "peer"))
+    local = results[0]
+    peer = next((r for r in results if r["scenario"] == "peer"), None)
+    figures = {"rows": args.rows, "defect_rate": args.defect_rate, "cpu_count": os.cpu_count(),
+               "load_avg_1m": os.getloadavg()[0], "results": results,
+               "goal": {"rows_per_s": 250_000, "peak_rss_mb": 2048},
+               "local_meets_rate_goal": local["rows_per_s"] >= 250_000,
+               "local_meets_memory_goal": (local["peak_rss_mb"] or 0) <= 2048}
+    if peer:
+        figures["speedup_vs_peer"] = round(local["rows_per_s"] / peer["rows_per_s"], 2)
+        print(f"\nlocal vs peer (json.loads + json_normalize + Parquet, no validation): "
+              f"{figures['speedup_vs_peer']}x rows/s")
+    print(f"load average during run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
