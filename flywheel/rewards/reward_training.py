@@ -1,0 +1,221 @@
+"""Reward model lifecycle for the judge stage: labels from feedback, held-out split, train, log, register, reuse.
+
+Labels: the first present field of ``rewards.reward_model.labels`` (``resolved``, then ``thumbs`` > 0). Preference
+pairs: two completions of the same prompt with different labels (good ≻ bad). The split holds out whole prompts,
+so no prompt is on both sides. The reward model is refreshed when at least ``refresh_min_new_labels`` labelled
+rows were not seen by the current model; otherwise the current one (``<state>/models/reward_model/current.json``)
+is reused. Each trained model is logged to MLflow and registered as ``<project>-reward-model``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flywheel.rewards.calibration import auc
+from flywheel.rewards.kpi import binary_label
+
+
+@dataclass
+class RewardModelRef:
+    folder: str
+    version: str | None
+    sha: str
+    refreshed: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def rm_root(cfg) -> Path:
+    return cfg.state / "models" / "reward_model"
+
+
+def current_reward_model(cfg) -> str | None:
+    pointer = rm_root(cfg) / "current.json"
+    if not pointer.is_file():
+        return None
+    folder = json.loads(pointer.read_text())["folder"]
+    return folder if Path(folder, "reward_model.json").is_file() else None
+
+
+def folder_sha(folder: str | Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file() and p.name != "reward_model.json":
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def resolve_backbone(cfg, df=None) -> str:
+    """Base model path: the policy's base ('policy'), MiniLM ('minilm') or a path."""
+    backbone = cfg.rewards.reward_model.backbone
+    if backbone == "minilm":
+        from models.reward_model import minilm_path
+        return minilm_path()
+    if backbone != "policy":
+        return backbone
+    if cfg.model.base != "tiny":
+        return cfg.model.base
+    path = cfg.state / "models" / "tiny-base"  # where the bootstrap builds the tiny base
+    if (path / "config.json").is_file():
+        return str(path)
+    if df is None:
+        raise FileNotFoundError(f"{path}: the tiny base is not built yet (run the bootstrap first)")
+    from flows.warm_start import build_base, rows_from_snapshot  # noqa: F401  (one definition of the tiny base)
+    rows = [{"messages": json.loads(m) if isinstance(m, str) else m, "completion": str(c)}
+            for m, c in zip(df["messages"], df["completion"])]
+    return str(build_base(path, rows, seed=cfg.train.seed))
+
+
+@dataclass
+class TrainingSet:
+    texts_index: list[int]      # snapshot row of each example
+    labels: list[float | None]  # pointwise label per example (None = unlabelled)
+    groups: list[str]           # prompt key per example
+    request_ids: list[str]
+
+
+def training_set(df, prompts: list[list[dict]], label_fields: list[str]) -> TrainingSet:
+    rows = df.to_dict("records")
+    labels = [binary_label(r, label_fields) for r in rows]
+    keep = [i for i, y in enumerate(labels) if y is not None]
+    groups = [json.dumps(prompts[i], sort_keys=True) for i in keep]
+    ids = [str(rows[i].get("request_id", i)) for i in keep]
+    return TrainingSet(keep, [labels[i] for i in keep], groups, ids)
+
+
+def preference_pairs(labels: list[float | None], groups: list[str], idx: list[int], per_group: int = 4) -> list[tuple[int, int]]:
+    """(good, bad) index pairs among ``idx`` sharing a prompt group, at most ``per_group`` per group."""
+    by_group: dict[str, list[int]] = {}
+    for i in idx:
+        by_group.setdefault(groups[i], []).append(i)
+    pairs = []
+    for members in by_group.values():
+        good = [i for i in members if labels[i] == 1.0]
+        bad = [i for i in members if labels[i] == 0.0]
+        pairs += [(g, b) for g in good for b in bad][:per_group]
+    return pairs
+
+
+def split_groups(groups: list[str], holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    keys = sorted(set(groups))
+    random.Random(seed).shuffle(keys)
+    held = set(keys[:max(1, round(len(keys) * holdout))])
+    train = [i for i, g in enumerate(groups) if g not in held]
+    test = [i for i, g in enumerate(groups) if g in held]
+    return train, test
+
+
+def train_on_snapshot(cfg, df, prompts: list[list[dict]], out_dir: str | Path, progress: bool = False):
+    """Train + evaluate on held-out prompts; returns (saved folder, metrics)."""
+    from models.reward_model import RewardModelTrainConfig, format_input, raw_scores, save_reward_model, train_reward_model
+
+    rcfg = cfg.rewards.reward_model
+    ts = training_set(df, prompts, rcfg.labels)
+    if len(ts.labels) < 2:
+        raise ValueError(f"reward model: {len(ts.labels)} labelled rows; fields {rcfg.labels} are empty")
+    base = resolve_backbone(cfg, df)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(base)
+    completions = [str(c) for c in df["completion"]]
+    texts = [format_input(tok, prompts[r], completions[r]) for r in ts.texts_index]
+    train, test = split_groups(ts.groups, rcfg.holdout, rcfg.seed)
+    local = {g: k for k, g in enumerate(train)}
+    pairs = [(local[a], local[b]) for a, b in preference_pairs(ts.labels, ts.groups, train)]
+    tcfg = RewardModelTrainConfig(epochs=rcfg.epochs, batch_size=rcfg.batch_size, learning_rate=rcfg.learning_rate,
+                                  lora_r=rcfg.lora_r, lora_target_modules=rcfg.lora_target_modules,
+                                  max_length=rcfg.max_length, objective=rcfg.objective, seed=rcfg.seed,
+                                  device=rcfg.device)
+    bar = _bar(progress)
+    t0 = time.perf_counter()
+    result = train_reward_model(base, [texts[i] for i in train], [ts.labels[i] for i in train], pairs, tcfg,
+                                progress=bar)
+    seconds = time.perf_counter() - t0
+    scores = raw_scores(result.model, result.tokenizer, [texts[i] for i in test], rcfg.max_length, rcfg.device)
+    y = [ts.labels[i] for i in test]
+    test_pairs = preference_pairs(ts.labels, ts.groups, test)
+    pos = {g: k for k, g in enumerate(test)}
+    metrics = {
+        "heldout_auc": auc(scores, y),
+        "heldout_accuracy": round(sum((s > 0) == (t == 1.0) for s, t in zip(scores, y)) / max(len(y), 1), 6),
+        "heldout_pair_accuracy": (sum(scores[pos[a]] > scores[pos[b]] for a, b in test_pairs) / len(test_pairs)
+                                  if test_pairs else float("nan")),
+        "n_train": float(len(train)), "n_heldout": float(len(test)), "n_pairs": float(len(pairs)),
+        "train_seconds": round(seconds, 3), "final_loss": result.losses[-1] if result.losses else float("nan"),
+    }
+    folder = save_reward_model(result, out_dir, base, rcfg.max_length,
+                               extra={"metrics": metrics, "labels": rcfg.labels, "objective": rcfg.objective})
+    (Path(folder) / "seen_request_ids.json").write_text(json.dumps(sorted(set(ts.request_ids))))
+    return str(folder), metrics
+
+
+def _bar(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+    state: dict = {}
+
+    def update(step: int, total: int, loss: float) -> None:
+        if "p" not in state:
+            state["p"] = Progress(transient=True)
+            state["p"].start()
+            state["t"] = state["p"].add_task("reward model", total=total)
+        state["p"].update(state["t"], completed=step, description=f"reward model loss {loss:.3f}")
+        if step >= total:
+            state["p"].stop()
+    return update
+
+
+def log_and_register(cfg, folder: str, metrics: dict[str, float]) -> str | None:
+    """Log the folder as run artifacts and register it as ``<project>-reward-model``; returns the version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flywheel.tracking import ensure_experiment
+
+    exp = ensure_experiment(f"{cfg.project.name}-reward-model", cfg.state, cfg.registry.tracking_uri)
+    rcfg = cfg.rewards.reward_model
+    with mlflow.start_run(experiment_id=exp, run_name="reward-model") as run:
+        mlflow.log_params({k: str(v) for k, v in rcfg.model_dump().items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+        mlflow.log_artifacts(folder, artifact_path="reward_model")
+        client = MlflowClient()
+        name = f"{cfg.project.name}-reward-model"
+        try:
+            client.get_registered_model(name)
+        except Exception:
+            client.create_registered_model(name, description="Reward model trained on logged feedback (rl-flywheel).")
+        mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/reward_model", run_id=run.info.run_id,
+                                         tags={"heldout_auc": str(metrics.get("heldout_auc"))})
+        client.set_registered_model_alias(name, "current", mv.version)
+    return str(mv.version)
+
+
+def refresh_reward_model(cfg, df, prompts: list[list[dict]], allow_training: bool = True,
+                         progress: bool = False) -> RewardModelRef | None:
+    """Retrain when enough new labels arrived (and the policy allows it), else reuse the current model."""
+    rcfg = cfg.rewards.reward_model
+    root = rm_root(cfg)
+    current = current_reward_model(cfg)
+    ts = training_set(df, prompts, rcfg.labels)
+    seen: set[str] = set()
+    if current:
+        seen_path = Path(current) / "seen_request_ids.json"
+        seen = set(json.loads(seen_path.read_text())) if seen_path.is_file() else set()
+    new = len(set(ts.request_ids) - seen)
+    enough = len(ts.labels) >= rcfg.min_labels and new >= (rcfg.refresh_min_new_labels if current else 1)
+    if allow_training and enough:
+        folder = root / f"rm-{time.strftime('%Y%m%d-%H%M%S')}-{hashlib.sha256(str(sorted(ts.request_ids)).encode()).hexdigest()[:8]}"
+        folder, metrics = train_on_snapshot(cfg, df, prompts, folder, progress)
+        version = log_and_register(cfg, folder, metrics)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "current.json").write_text(json.dumps({"folder": str(Path(folder).resolve()), "version": version}))
+        return RewardModelRef(str(Path(folder).resolve()), version, folder_sha(folder), True, metrics)
+    if current is None:
+        return None
+    meta = json.loads((Path(current) / "reward_model.json").read_text())
+    version = json.loads((root / "current.json").read_text()).get("version")
+    return RewardModelRef(current, version, folder_sha(current), False, meta.get("metrics", {}))

@@ -1,0 +1,1 @@
+"""Example rubrics (Markdown with front matter: name, score_range) for the LLM judge."""
