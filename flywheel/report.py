@@ -1,0 +1,137 @@
+"""The evaluation report: ``report.json`` (report + decision) and a self-contained ``report.html`` with plots.
+
+Plots (matplotlib, Agg backend): per-component score distributions of candidate, champion and base; the
+candidate - reference difference of each component with its 95 % CI; KL and length per role.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {"candidate": "#1f77b4", "champion": "#ff7f0e", "base": "#7f7f7f"}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(report, scores: dict[str, dict[str, list[float]]], measures: dict[str, dict]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    comps = list(scores["candidate"])
+    fig, axes = plt.subplots(1, len(comps), figsize=(3.2 * len(comps), 2.8), squeeze=False)
+    for ax, comp in zip(axes[0], comps):
+        data = [np.asarray(scores[r][comp], dtype=float) for r in scores]
+        data = [d[~np.isnan(d)] for d in data]
+        lo = min((d.min() for d in data if len(d)), default=0.0)
+        hi = max((d.max() for d in data if len(d)), default=1.0)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 16)
+        for role, d in zip(scores, data):
+            ax.hist(d, bins=bins, alpha=0.5, label=role, color=COLORS.get(role))
+        ax.set_title(comp, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("score distributions per component")
+    out["distributions"] = _png(fig)
+    plt.close(fig)
+
+    diff = report.diff
+    names = [c for c in diff if diff[c].mean is not None]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 2.8))
+    means = np.array([diff[c].mean for c in names])
+    err = np.array([[diff[c].mean - diff[c].lo for c in names], [diff[c].hi - diff[c].mean for c in names]])
+    ax.bar(names, means, yerr=err, capsize=4, color=["#2ca02c" if diff[c].lo > 0 else "#d62728" for c in names])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel(f"candidate - {report.reference}")
+    ax.set_title("mean difference with 95 % CI (paired bootstrap)", fontsize=9)
+    ax.tick_params(axis="x", labelsize=8, rotation=20)
+    out["differences"] = _png(fig)
+    plt.close(fig)
+
+    keys = [k for k in ("kl", "length") if any(measures.get(r, {}).get(k) for r in scores)]
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            roles = [r for r in scores if measures.get(r, {}).get(k)]
+            ax.boxplot([measures[r][k] for r in roles], tick_labels=roles)
+            ax.set_title({"kl": "KL to base (nats / sequence)", "length": "response length (tokens)"}[k], fontsize=9)
+        out["kl_length"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _table(report) -> str:
+    roles = list(report.roles)
+    comps = list(report.roles["candidate"].components)
+    head = "".join(f"<th>{html.escape(r)}</th>" for r in roles) + f"<th>candidate − {report.reference}</th>"
+    rows = []
+
+    def cell(e):
+        return "<td>–</td>" if e is None or e.mean is None else f"<td>{e.mean:.4f} [{e.lo:.4f}, {e.hi:.4f}]</td>"
+
+    for c in comps:
+        kind = report.kinds.get(c, "")
+        rows.append(f"<tr><td>{html.escape(c)} <small>{kind}</small></td>"
+                    + "".join(cell(report.roles[r].components.get(c)) for r in roles) + cell(report.diff.get(c)) + "</tr>")
+    for c in report.roles["candidate"].pass_rates:
+        rows.append(f"<tr><td>pass rate: {html.escape(c)}</td>"
+                    + "".join(cell(report.roles[r].pass_rates.get(c)) for r in roles) + "<td></td></tr>")
+    for k in ("kl", "entropy", "length"):
+        rows.append(f"<tr><td>{k}</td>" + "".join(cell(getattr(report.roles[r], k)) for r in roles) + "<td></td></tr>")
+    return f"<table><tr><th>metric (mean [95% CI])</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _checks(title: str, checks) -> str:
+    rows = "".join(
+        f"<tr class={'ok' if c.passed else 'bad'}><td>{html.escape(c.name)}</td><td>{_fmt(c.value)}</td>"
+        f"<td>{_fmt(c.threshold)}</td><td>{'pass' if c.passed else 'FAIL'}</td><td>{html.escape(c.reason)}</td></tr>"
+        for c in checks)
+    return f"<h2>{title}</h2><table><tr><th>name</th><th>value</th><th>threshold</th><th></th><th>reason</th></tr>{rows}</table>"
+
+
+def render_html(report, decision, plots: dict[str, str]) -> str:
+    verdict = "PROMOTABLE" if decision.passed else "REJECTED"
+    imgs = "".join(f'<h3>{k}</h3><img src="data:image/png;base64,{v}">' for k, v in plots.items())
+    examples = "".join(
+        "<tr>" + "".join(f"<td><pre>{html.escape(json.dumps(ex[k]) if k == 'prompt' else str(ex[k]))}</pre></td>"
+                         for k in ex) + "</tr>" for ex in report.examples)
+    ex_head = "".join(f"<th>{k}</th>" for k in (report.examples[0] if report.examples else {}))
+    champ = f"champion v{report.champion_version}" if report.champion_version else "no champion (compared with base)"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>rl-flywheel evaluation</title><style>
+body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;vertical-align:top}} .ok td{{background:#eaffea}}
+.bad td{{background:#ffecec}} pre{{white-space:pre-wrap;margin:0;max-width:320px}}</style></head><body>
+<h1>Evaluation: {verdict}</h1><p>{html.escape(decision.reason)}</p>
+<p>{report.n_prompts} held-out prompts; reference: {champ}.</p>
+{_checks("Gates", decision.gates)}{_checks("Reward-hacking monitors", report.monitors)}
+<h2>Metrics</h2>{_table(report)}<h2>Plots</h2>{imgs}
+<h2>Examples</h2><table><tr>{ex_head}</tr>{examples}</table></body></html>"""
+
+
+def write_report(report, decision, scores, measures, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.html`` (plots embedded, also saved as PNG files) under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps({"report": report.model_dump(mode="json"),
+                                     "decision": decision.model_dump(mode="json")}, indent=2))
+    plots = _plots(report, scores, measures)
+    for name, b64 in plots.items():
+        (out / f"{name}.png").write_bytes(base64.b64decode(b64))
+    html_path = out / "report.html"
+    html_path.write_text(render_html(report, decision, plots))
+    return json_path, html_path

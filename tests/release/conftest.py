@@ -1,0 +1,180 @@
+"""Release-area fixtures: a tiny base (models/tiny.py), LoRA adapters fitted by SFT to answer the demo task to
+different degrees, a noise-degraded adapter, and the demo rule graders + a gold intent check as the score function.
+
+Adapters (built once per session, ~1 min on 2 cores):
+- ``weak``:    SFT on answers that are valid JSON with the right order id but always intent "refund";
+- ``strong``:  SFT on the gold answers (right intent);
+- ``noisy``:   ``strong`` + Gaussian noise on the LoRA weights (a deliberately broken candidate).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHORT_SYSTEM = 'Answer {"intent", "order_id"} JSON.'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_prompts(n: int, seed: int):
+    from flywheel import demo_data as dd
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):  # a short system prompt keeps the tests fast on 2 cores
+        messages, intent, oid = dd.make_prompt(rng)
+        out.append(([{"role": "system", "content": SHORT_SYSTEM}, messages[-1]], intent, oid))
+    return out  # (messages, intent, order_id)
+
+
+def sft_lora(base_dir: Path, out_dir: Path, pairs: list[tuple[list[dict], str]], steps: int, seed: int = 0,
+             lr: float = 3e-3, batch_size: int = 16) -> Path:
+    """Fit a LoRA adapter (q,k,v,o r=8) on (prompt, answer) pairs; loss on answer tokens (+ EOS) only."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    data = []
+    for prompt, answer in pairs:
+        p = tok(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+        a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        data.append((p, a))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(data, min(batch_size, len(data)))
+        width = max(len(p) + len(a) for p, a in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, (p, a) in enumerate(batch):
+            s = p + a
+            ids[j, :len(s)], attn[j, :len(s)] = torch.tensor(s), 1
+            labels[j, len(p):len(s)] = torch.tensor(a)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def noisy_copy(src: Path, dst: Path, scale: float, seed: int = 0) -> Path:
+    """Copy an adapter and add N(0, scale) noise to every LoRA weight (a degraded candidate)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    w = load_file(dst / "adapter_model.safetensors")
+    save_file({k: v + scale * torch.randn(v.shape, generator=g) for k, v in w.items()}, dst / "adapter_model.safetensors")
+    return dst
+
+
+def demo_scorer():
+    """Rule graders of the demo task (kinds 'rule') + gold intent (kind 'reward_model', tests only); total = mean."""
+    from flywheel import demo_data as dd
+    from flywheel.rewards import rules
+    from flywheel.rewards.composite import ComponentSpec, Composite
+
+    schema = {"type": "object", "required": ["intent", "order_id"],
+              "properties": {"intent": {"enum": list(dd.INTENTS)}, "order_id": {"type": "string", "pattern": "^[0-9]{6}$"}}}
+
+    def intent_ok(prompts, completions, **_):
+        out = []
+        for p, c in zip(prompts, completions):
+            parsed = dd.parse_completion(c)
+            out.append(float(parsed is not None and parsed["intent"] == dd.intent_of(dd.user_text(p))))
+        return out
+
+    graders = {"json_valid": rules.json_valid(), "schema": rules.json_schema(schema),
+               "order_id": rules.extract_compare(r"(?<!\d)\d{6}(?!\d)"), "intent": intent_ok}
+    kinds = {"json_valid": "rule", "schema": "rule", "order_id": "rule", "intent": "reward_model"}
+    specs = [ComponentSpec(name=n, kind=k) for n, k in kinds.items()]
+    return Composite(specs, graders).score, kinds
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """{'base': dir, 'weak': adapter, 'strong': adapter, 'noisy': adapter, 'eval': [prompts]}."""
+    from flywheel import demo_data as dd
+    from models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    train = demo_prompts(400, seed=1)
+    corpus = [m["content"] for p, _, _ in train for m in p] + [dd.gold_completion(i, o) for _, i, o in train]
+    base = build_tiny_model(root / "base", corpus, vocab_size=512, hidden_size=128, num_layers=2, num_heads=2,
+                            intermediate_size=256, max_position_embeddings=512, seed=0)
+    gold = [(p, dd.gold_completion(i, o)) for p, i, o in train]
+    weak = [(p, dd.gold_completion("refund", o)) for p, _, o in train]
+    out = {"base": base,
+           "weak": sft_lora(base, root / "weak", weak, steps=int(os.environ.get("REL_WEAK_STEPS", 120))),
+           "strong": sft_lora(base, root / "strong", gold, steps=int(os.environ.get("REL_STRONG_STEPS", 240)))}
+    out["noisy"] = noisy_copy(out["strong"], root / "noisy", scale=0.5)
+    out["eval"] = [p for p, _, _ in demo_prompts(48, seed=2)]
+    return out
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> float:
+    """Poll ``url`` until it answers 200; returns seconds waited. Fails early if ``proc`` died."""
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.time() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not up after {timeout} s")
+
+
+def stop_pid(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts); stopped by its PID."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 120, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_pid(proc)
