@@ -15,6 +15,7 @@ commits at once), so a batch stopped by a gate is read again after the fix.
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import gc
 import gzip
 import hashlib
@@ -483,6 +484,33 @@ def _decode(ref: ObjectRef, data: bytes, dt: str) -> pa.Table:
     return parse_jsonl(data, ref.key, dt)
 
 
+_WORKER_SOURCE: dict = {}
+
+
+def _fetch_and_parse(source_json: str, ref: ObjectRef, dt: str) -> tuple[pa.Table, str, int, float]:
+    """Worker process: download, hash, decode one object (the source client is made once per process)."""
+    src = _WORKER_SOURCE.get(source_json)
+    if src is None:
+        cfg = SourceConfig.model_validate_json(source_json)
+        src = _WORKER_SOURCE[source_json] = open_source(cfg.uri, cfg)
+    data = src.read(ref)
+    start = time.perf_counter()
+    table = _decode(ref, data, dt)
+    return table, hashlib.sha256(data).hexdigest(), len(data), time.perf_counter() - start
+
+
+def _pool(source: SourceConfig, wanted: list) -> tuple[cf.Executor, bool]:
+    """Threads (download ahead, parse here) for small batches; worker processes for big ones."""
+    big = sum(ref.size for ref, _ in wanted) >= source.parallel_min_bytes
+    if source.parse_workers > 1 and len(wanted) > 1 and big:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("forkserver")          # children forked from a clean, single-threaded server
+        ctx.set_forkserver_preload(["flywheel.observe"])
+        return cf.ProcessPoolExecutor(max_workers=source.parse_workers, mp_context=ctx), True
+    return cf.ThreadPoolExecutor(max_workers=source.max_workers), False
+
+
 def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, progress: bool = False) -> Observation:
     """Read every object of ``source`` not yet in the manifest into ``<state>/snapshots/<hash>.raw.parquet``."""
     state = Path(state_dir)
@@ -518,34 +546,45 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
         data = src.read(ref)
         return data, hashlib.sha256(data).hexdigest()
 
-    # Downloads run ahead in threads (at most max_workers objects in memory); objects are parsed and appended to
-    # the snapshot in key order, so the snapshot is deterministic and memory stays bounded.
+    # Objects are fetched (and, in worker processes, parsed) ahead, at most `window` at once, and appended to the
+    # snapshot in key order: the snapshot is deterministic and memory stays bounded.
     bar = _progress(progress, len(wanted))
     t_loop = time.perf_counter()
+    pool, processes = _pool(source, wanted)
+    window = 2 * source.parse_workers if processes else source.max_workers
+    source_json = source.model_dump_json()
     try:
-        with cf.ThreadPoolExecutor(max_workers=source.max_workers) as pool, \
-                pq.ParquetWriter(tmp, RAW_SCHEMA, compression="zstd", compression_level=1) as writer:
+        with pool, pq.ParquetWriter(tmp, RAW_SCHEMA, compression="zstd", compression_level=1) as writer:
             queue: list = []
             todo = list(wanted)
             while todo or queue:
-                while todo and len(queue) < source.max_workers:
+                while todo and len(queue) < window:
                     ref, dt = todo.pop(0)
-                    queue.append((pool.submit(fetch, ref), ref, dt))
+                    fut = pool.submit(_fetch_and_parse, source_json, ref, dt) if processes else pool.submit(fetch, ref)
+                    queue.append((fut, ref, dt))
                 fut, ref, dt = queue.pop(0)
                 entry = {"etag": ref.etag, "size": ref.size, "dt": dt}
                 try:
-                    data, digest = fut.result()
-                    bytes_read += len(data)
-                    start = time.perf_counter()
-                    table = _decode(ref, data, dt)
-                    t_parse += time.perf_counter() - start
+                    if processes:
+                        table, digest, size, spent = fut.result()
+                        bytes_read += size
+                        t_parse += spent
+                    else:
+                        data, digest = fut.result()
+                        bytes_read += len(data)
+                        start = time.perf_counter()
+                        table = _decode(ref, data, dt)
+                        t_parse += time.perf_counter() - start
+                        del data
+                except BrokenProcessPool as e:
+                    raise RuntimeError(f"observe: a parse worker process died while reading {ref.key} (out of "
+                                       "memory?); rerun with source.parse_workers: 1") from e
                 except Exception as e:  # noqa: BLE001 - whatever breaks reading or decoding quarantines the object
                     bad_objects.append({"source_object": ref.key, "etag": ref.etag, "size": ref.size,
                                         "reason": f"unreadable_object: {type(e).__name__}: {str(e)[:300]}"})
                     pending[ref.key] = {**entry, "status": "quarantined"}
                     bar.advance()
                     continue
-                del data
                 start = time.perf_counter()
                 writer.write_table(table, row_group_size=128 * 1024)
                 t_write += time.perf_counter() - start
@@ -563,7 +602,11 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
     content_hash = hashlib.sha256(b"".join(f"{k}\t{d}\n".encode() for k, d in sorted(digests.items()))).hexdigest()
     snapshot = snap_dir / f"{content_hash[:16]}.raw.parquet"
     os.replace(tmp, snapshot)
-    seconds.update(read=max(loop - t_parse - t_write, 0.0), parse=t_parse, write=t_write)
+    if processes:   # parse ran in parallel: report the wall time not spent writing, summed parse time apart
+        seconds.update(read_parse_wall=max(loop - t_write, 0.0), parse_cpu=t_parse, write=t_write, read=0.0,
+                       parse=max(loop - t_write, 0.0))
+    else:
+        seconds.update(read=max(loop - t_parse - t_write, 0.0), parse=t_parse, write=t_write)
 
     obj_q = None
     if bad_objects:

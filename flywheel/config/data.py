@@ -17,7 +17,11 @@ class S3Config(_Strict):
 class SourceConfig(_Strict):
     uri: str = Field("demo_logs", description="Local folder or s3://bucket/prefix holding dt=YYYY-MM-DD/ partitions.")
     s3: S3Config = S3Config()
-    max_workers: int = Field(8, ge=1, le=128, description="Parallel object downloads.")
+    max_workers: int = Field(8, ge=1, le=128, description="Parallel object downloads (threads).")
+    parse_workers: int = Field(1, ge=1, le=64, description="Processes that download and parse objects in parallel "
+                               "when a batch is big (see parallel_min_bytes); 1 = parse in the main process.")
+    parallel_min_bytes: int = Field(64 << 20, ge=0, description="Batches smaller than this (bytes listed) are "
+                                    "parsed in the main process: starting worker processes costs about a second.")
     retries: int = Field(5, ge=0, le=20, description="Retries with exponential backoff on transient S3 errors.")
     list_page_size: int = Field(1000, ge=1, le=1000, description="Keys per S3 ListObjectsV2 page.")
 

@@ -107,3 +107,11 @@ def test_parquet_source(tmp_path, state_dir):
     for x in load_defects(tmp_path / "pq"):
         if x["expect"] == "quarantine":
             assert x["reason"] in records[(x["object"], x["line"])]["reasons"]
+
+
+def test_parallel_parse_gives_the_same_snapshot(demo_logs, tmp_path):
+    logs, _ = demo_logs
+    one = observe(SourceConfig(uri=str(logs)), tmp_path / "one")
+    two = observe(SourceConfig(uri=str(logs), parse_workers=2, parallel_min_bytes=0), tmp_path / "two")
+    assert "parse_cpu" in two.seconds and one.snapshot_hash == two.snapshot_hash
+    assert pq.read_table(one.snapshot_uri).equals(pq.read_table(two.snapshot_uri))
