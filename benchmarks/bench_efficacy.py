@@ -15,7 +15,6 @@ with the online reward. Goal: (c) >= (b) + 10 points.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -31,77 +30,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from flywheel import demo_data  # noqa: E402
 
 
-def read_logs(folder: Path, days: list[str]) -> list[dict]:
-    """Rows of the given partitions that parse and carry the fields training needs (the data plane does this for
-    real, with a contract and quarantine; here only what the arms need). Duplicated request ids are kept once."""
-    rows, seen = [], set()
-    for day in days:
-        for f in sorted((folder / f"dt={day}").glob("*.jsonl*")):
-            raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
-            for line in raw.splitlines():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if not (isinstance(r, dict) and isinstance(r.get("messages"), list) and isinstance(r.get("completion"), str)
-                        and isinstance(r.get("feedback", {}), dict) and isinstance(r.get("request_id"), str)
-                        and r["request_id"] not in seen):
-                    continue
-                if len(r["completion"]) > 2000 or any(not isinstance(m, dict) for m in r["messages"]):
-                    continue
-                seen.add(r["request_id"])
-                r["day"] = day
-                rows.append(r)
-    return rows
+def clean_snapshot(logs: Path, state: Path):
+    """The data plane for real: observe every partition, validate against the contract (defects quarantined)."""
+    from flywheel.config import SourceConfig, ValidateConfig
+    from flywheel.observe import observe
+    from flywheel.validate import validate
+
+    obs = observe(SourceConfig(uri=str(logs)), state, commit=True)
+    return validate(obs.snapshot_uri, state, ValidateConfig(), snapshot_hash=obs.snapshot_hash)
 
 
-def split(rows: list[dict], newest: str, fraction: float) -> tuple[list[dict], set[str]]:
-    """Training rows = everything but the newest ``fraction`` of the newest day (by request id = time order)."""
-    last = sorted(r["request_id"] for r in rows if r["day"] == newest)
-    held = set(last[int(len(last) * (1 - fraction)):])
-    return [r for r in rows if r["request_id"] not in held], held
+def time_split(clean_uri: str, newest_day: str, fraction: float, out: Path) -> tuple[Path, list[str]]:
+    """Training snapshot = every clean row but the newest ``fraction`` of the newest day (by timestamp)."""
+    import pandas as pd
 
-
-def label(row: dict) -> float | None:
-    fb = row.get("feedback") or {}
-    if isinstance(fb.get("resolved"), bool):
-        return float(fb["resolved"])
-    if isinstance(fb.get("thumbs"), int) and fb["thumbs"] != 0:
-        return float(fb["thumbs"] > 0)
-    return None
-
-
-def online_rules(prompts: list[list[dict]], completions: list[str]) -> list[float]:
-    """The rule part of the demo's online reward: valid JSON answer + the customer's order id copied exactly."""
-    from flywheel.rewards.rules import extract_compare, json_valid
-
-    valid = json_valid()(prompts, completions)
-    same_id = extract_compare(r"(?<!\d)\d{6}(?!\d)")(prompts, completions)
-    return [v + s for v, s in zip(valid, same_id)]
-
-
-def train_reward_model(base: Path, rows: list[dict], out: Path, epochs: int, seed: int) -> dict:
-    """Reward model on the logged feedback (BCE on resolved / thumbs) through ``models/reward_model.py``."""
-    from transformers import AutoTokenizer
-
-    from models.reward_model import RewardModelTrainConfig, format_input, save_reward_model
-    from models.reward_model import train_reward_model as fit
-
-    tok = AutoTokenizer.from_pretrained(str(base))
-    prompts = [[m for m in r["messages"]] for r in rows]
-    texts = [format_input(tok, p, r["completion"]) for p, r in zip(prompts, rows)]
-    labels = [label(r) for r in rows]
-    cfg = RewardModelTrainConfig(epochs=epochs, objective="bce", seed=seed)
-    t0 = time.perf_counter()
-    result = fit(str(base), texts, labels, [], cfg)
-    save_reward_model(result, out, str(base), cfg.max_length)
-    return {"seconds": round(time.perf_counter() - t0, 1), "labelled": sum(x is not None for x in labels)}
-
-
-def reward_of(scorer, prompts, completions) -> list[float]:
-    rules = online_rules(prompts, completions)
-    rm = scorer(prompts, completions)
-    return [a + b for a, b in zip(rules, rm)]
+    df = pd.read_parquet(clean_uri)
+    last = df[df["dt"] == newest_day].sort_values("timestamp")
+    held = list(last["request_id"].iloc[int(len(last) * (1 - fraction)):])
+    train = df[~df["request_id"].isin(set(held))]
+    train.to_parquet(out, index=False)
+    return out, held
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sft-epochs", type=int, default=4)
     ap.add_argument("--pretrain-epochs", type=int, default=2)
+    ap.add_argument("--pretrain-chats", type=int, default=800)
     ap.add_argument("--rm-epochs", type=int, default=3)
     ap.add_argument("--ppo-steps", type=int, default=60)
     ap.add_argument("--ppo-lr", type=float, default=None)
@@ -124,64 +73,73 @@ def main(argv: list[str] | None = None) -> dict:
 
     from flows import gold as goldlib
     from flows import warm_start
-    from models.reward_model import RewardModelScorer
+    from flywheel.config import load_config
+    from flywheel.judge_stage import build_online_reward, run_judge
     from models.trainer import PPOConfig, train_ppo
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_efficacy_"))
     work.mkdir(parents=True, exist_ok=True)
+    state = work / "state"
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     logs = demo_data.generate_logs(work / "logs", days=3, rows_per_day=args.rows_per_day, seed=args.seed,
                                    label_noise=args.label_noise)
-    rows = read_logs(work / "logs", logs.days)
-    train_rows, held = split(rows, logs.days[-1], 0.2)
-    heldout = goldlib.heldout_gold(work / "logs", logs.days[-1], 0.2, args.eval_prompts)
-    heldout = [g for g in heldout if g["request_id"] in held] or heldout
-    print(f"logs: {len(rows)} usable rows, production accuracy {100 * logs.logged_accuracy:.1f} %, "
-          f"train {len(train_rows)}, held-out eval {len(heldout)} (newest day {logs.days[-1]})")
+    clean = clean_snapshot(work / "logs", state)
+    train_uri, held = time_split(clean.clean_uri, logs.days[-1], 0.2, work / "train.parquet")
+    by_id = {g["request_id"]: g for g in demo_data.load_gold(work / "logs", [logs.days[-1]])}
+    heldout = [by_id[r] for r in held if r in by_id][-args.eval_prompts:]
+    train_rows = warm_start.rows_from_snapshot(train_uri)
+    print(f"logs: {clean.rows_in} rows, {clean.rows_clean} clean, production accuracy "
+          f"{100 * logs.logged_accuracy:.1f} %; train {len(train_rows)}, held-out eval {len(heldout)} "
+          f"(newest day {logs.days[-1]})", flush=True)
 
+    cfg = load_config(None, {"project.state_dir": str(state), "source.uri": str(work / "logs"),
+                             "train.seed": args.seed})
     t = time.perf_counter()
-    base = warm_start.build_base(work / "base", train_rows, pretrain_epochs=args.pretrain_epochs, seed=args.seed)
+    base = warm_start.build_base(warm_start.resolve_base("tiny", state), train_rows, pretrain_epochs=args.pretrain_epochs,
+                                 max_pretrain_chats=args.pretrain_chats, seed=args.seed)
     timings["base_s"] = time.perf_counter() - t
+    # the judge stage for real: rules + KPI + a reward model trained on the logged feedback of the training rows
+    t = time.perf_counter()
+    judged = run_judge(cfg, str(train_uri))
+    reward = build_online_reward(cfg, judged)
+    timings["judge_s"] = time.perf_counter() - t
+    print(f"base {timings['base_s']:.0f} s; judge stage {timings['judge_s']:.0f} s, reward model "
+          f"{ {k: round(v, 3) for k, v in judged.reward_model_metrics.items()} }", flush=True)
     arms: dict[str, dict] = {}
 
-    def evaluate(name: str, adapter: Path | None, seconds: float, scorer) -> None:
+    def evaluate(name: str, adapter: Path | None, seconds: float) -> None:
         acc = goldlib.gold_accuracy(base, adapter, heldout)
-        answers = goldlib.generate(base, adapter, [g["messages"] for g in heldout])
-        online = reward_of(scorer, [g["messages"] for g in heldout], answers)
+        prompts = [g["messages"] for g in heldout]
+        online = reward(prompts, goldlib.generate(base, adapter, prompts))
         arms[name] = {"gold_accuracy": acc["accuracy"], "ci": acc["ci"], "per_intent": acc["per_intent"],
                       "online_reward": round(sum(online) / len(online), 3), "train_seconds": round(seconds, 1)}
-        print(f"  {name:<28} gold {acc['accuracy']:5.1f} % [{acc['ci'][0]:.1f}, {acc['ci'][1]:.1f}]  "
-              f"online reward {arms[name]['online_reward']:+.3f}  ({seconds:.0f} s)  {acc['per_intent']}")
-
-    # reward model first (needed to score every arm with the online reward)
-    t = time.perf_counter()
-    rm_info = train_reward_model(base, train_rows, work / "reward_model", args.rm_epochs, args.seed)
-    scorer = RewardModelScorer(work / "reward_model")
-    timings["reward_model_s"] = time.perf_counter() - t
-    print(f"reward model: {rm_info}")
+        print(f"  {name:<32} gold {acc['accuracy']:5.1f} % [{acc['ci'][0]:.1f}, {acc['ci'][1]:.1f}]  "
+              f"online reward {arms[name]['online_reward']:+.3f}  ({seconds:.0f} s)  {acc['per_intent']}", flush=True)
 
     t = time.perf_counter()
     warm_start.train_warm_start(base, warm_start.all_examples(train_rows), work / "sft_all", epochs=args.sft_epochs,
                                 seed=args.seed)
-    evaluate("(a) SFT on all logs", work / "sft_all", time.perf_counter() - t, scorer)
+    evaluate("(a) SFT on all logs", work / "sft_all", time.perf_counter() - t)
     t = time.perf_counter()
     good = warm_start.good_examples(train_rows)
     warm_start.train_warm_start(base, good, work / "rft", epochs=args.sft_epochs, seed=args.seed)
-    evaluate(f"(b) RFT ({len(good)} resolved)", work / "rft", time.perf_counter() - t, scorer)
+    evaluate(f"(b) RFT ({len(good)} resolved)", work / "rft", time.perf_counter() - t)
 
-    cfg = PPOConfig(seed=args.seed, steps=args.ppo_steps, progress=True, checkpoint_every=10_000)
+    cfg_ppo = PPOConfig(seed=args.seed, steps=args.ppo_steps, progress=True, checkpoint_every=10_000)
     for key, val in (("learning_rate", args.ppo_lr), ("init_kl_coef", args.ppo_kl), ("batch_size", args.ppo_batch),
                      ("samples_per_prompt", args.ppo_samples)):
         if val is not None:
-            setattr(cfg, key, val)
+            setattr(cfg_ppo, key, val)
     prompts = [r["messages"] for r in train_rows]
     t = time.perf_counter()
-    result = train_ppo(cfg, base, prompts, online_rules, work / "ppo", init_adapter=work / "rft",
-                       reward_model_dir=work / "reward_model", resume=False, device="cpu")
+    result = train_ppo(cfg_ppo, base, prompts, reward, work / "ppo", init_adapter=work / "rft", resume=False,
+                       device="cpu")
     ppo_s = time.perf_counter() - t
-    evaluate("(c) PPO from (b), online reward", Path(result.adapter_dir), ppo_s, scorer)
+    evaluate("(c) PPO from (b), online reward", Path(result.adapter_dir), ppo_s)
     curve = [round(h["objective/scores"], 3) for h in result.history]
+    cfg = cfg_ppo
+    rm_info = judged.reward_model_metrics
 
     b, c = arms[next(k for k in arms if k.startswith("(b)"))], arms["(c) PPO from (b), online reward"]
     gain = round(c["gold_accuracy"] - b["gold_accuracy"], 2)

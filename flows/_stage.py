@@ -64,7 +64,8 @@ class Night:
     config_digest: str
     refresh: bool = False
     storage: Any = None
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each task call, engine included
+    run_seconds: dict[str, float] = field(default_factory=dict)  # time the task run spent Running (Prefect's clock)
     cached: dict[str, bool] = field(default_factory=dict)
 
     def ensure_storage(self) -> None:
@@ -105,7 +106,22 @@ def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> 
     finally:
         night.seconds[name] = round(time.perf_counter() - t0, 3)
     night.cached[name] = bool(getattr(state, "name", "") == "Cached")
+    night.run_seconds[name] = _running_seconds(state)
     return result
+
+
+def _running_seconds(state: Any) -> float:
+    """How long the task run was in the Running state (0 for a cache hit), read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+
+    task_run_id = getattr(getattr(state, "state_details", None), "task_run_id", None)
+    if task_run_id is None:
+        return 0.0
+    try:
+        with get_client(sync_client=True) as client:
+            return float(client.read_task_run(task_run_id).total_run_time.total_seconds())
+    except Exception:  # noqa: BLE001 - a measurement, never a reason to fail the night
+        return 0.0
 
 
 def call_plain(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

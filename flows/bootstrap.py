@@ -28,6 +28,7 @@ class BootstrapRecord(BaseModel):
     champion_version: str | None = None
     train_run_id: str | None = None
     stage_seconds: dict[str, float] = {}
+    stage_run_seconds: dict[str, float] = {}
 
 
 def _existing_champion(cfg) -> tuple[int, str] | None:
@@ -87,7 +88,8 @@ def bootstrap_champion(config_path: str | None = None, day: str | None = None,
                           rows_quarantined=clean.rows_quarantined, snapshot_hash=clean.snapshot_hash,
                           base_model=base, adapter_uri=warm.adapter_uri, sft_rows=warm.examples,
                           sft_losses=warm.losses, champion_version=str(release.champion_version),
-                          train_run_id=warm.run_id, stage_seconds=dict(night.seconds))
+                          train_run_id=warm.run_id, stage_seconds=dict(night.seconds),
+                          stage_run_seconds=dict(night.run_seconds))
     create_markdown_artifact(key="bootstrap-summary", markdown="\n".join([
         f"# Day-0 bootstrap ({rec.day})", "",
         f"- rows in / clean / quarantined: {rec.rows_in} / {rec.rows_clean} / {rec.rows_quarantined}",

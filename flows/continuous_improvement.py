@@ -50,6 +50,7 @@ class NightRecord(BaseModel):
     eval_report_html: str | None = None
     deploy: dict[str, Any] = Field(default_factory=dict)
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    stage_run_seconds: dict[str, float] = Field(default_factory=dict)
     cached: dict[str, bool] = Field(default_factory=dict)
 
 
@@ -81,12 +82,7 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
                            overrides: dict[str, Any] | None = None, refresh: bool = False) -> NightRecord:
     """One night of the flywheel. ``day`` names the night (default: today in ``schedule.timezone``); ``refresh``
     recomputes every stage instead of reusing the results a previous run of the same night persisted."""
-    from tasks.deploy import deploy_champion
-    from tasks.evaluate import evaluate_candidate
-    from tasks.judge import judge_snapshot
     from tasks.observe import commit_observed, observe_logs
-    from tasks.promote import promote_candidate
-    from tasks.train import train_candidate
     from tasks.validate import validate_snapshot
 
     log = get_run_logger()
@@ -103,6 +99,12 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
     run_stage(night, "commit", commit_observed, observation, str(cfg.state))
     record = NightRecord(day=night.day, status="completed", rows_in=clean.rows_in, rows_clean=clean.rows_clean,
                          rows_quarantined=clean.rows_quarantined, snapshot_hash=clean.snapshot_hash)
+    from tasks.deploy import deploy_champion
+    from tasks.evaluate import evaluate_candidate
+    from tasks.judge import judge_snapshot
+    from tasks.promote import promote_candidate
+    from tasks.train import train_candidate
+
     scored = run_stage(night, "judge", judge_snapshot, cfg, clean)
     candidate = run_stage(night, "train", train_candidate, cfg, scored)
     evaluation = run_stage(night, "evaluate", evaluate_candidate, cfg, candidate, scored)
@@ -113,23 +115,39 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
 
 
 def _fill(record: NightRecord, candidate: Any, evaluation: Any, release: Any, deployed: Any) -> None:
+    """Copy the numbers of the stage records (and the evaluation report) into the night's record."""
+    import json
+
     s = evaluation.summary
     record.candidate_uri = getattr(candidate, "adapter_uri", None)
-    record.reward_curve = list(getattr(candidate, "reward_curve", []) or [])
+    record.base_model = getattr(candidate, "base_model", None)
+    record.reward_curve = [float(x) for x in (getattr(candidate, "reward_curve", None) or [])]
     record.train_run_id = getattr(candidate, "run_id", None)
     record.eval_run_id, record.eval_report_html = evaluation.run_id, evaluation.report_html
-    record.candidate_reward = s.get("total")
     record.gain, record.gain_ci = s.get("gain"), s.get("gain_ci")
+    report = json.loads(Path(evaluation.report_json).read_text())
+    roles, reference = report["roles"], report.get("reference", "champion")
+    cand_total = roles["candidate"]["components"].get("total") or {}
+    ref_total = (roles.get(reference) or {}).get("components", {}).get("total") or {}
+    record.candidate_reward = cand_total.get("mean", s.get("total"))
+    record.candidate_ci = [cand_total.get("lo"), cand_total.get("hi")]
+    record.champion_reward = ref_total.get("mean")
+    record.components = {
+        comp: {role: {"mean": est.get("mean"), "ci": [est.get("lo"), est.get("hi")]}
+               for role, est in (("candidate", roles["candidate"]["components"].get(comp) or {}),
+                                 ("champion", (roles.get(reference) or {}).get("components", {}).get(comp) or {}))}
+        for comp in roles["candidate"]["components"]}
     record.gates = [g.model_dump() for g in evaluation.decision.gates]
     record.promoted = release.decision == "promoted"
     record.decision, record.reason = release.decision, release.reason
     record.champion_version = None if release.champion_version is None else str(release.champion_version)
     record.candidate_version = None if release.version is None else str(release.version)
-    record.deploy = deployed.model_dump() if hasattr(deployed, "model_dump") else dict(deployed or {})
+    record.deploy = deployed.model_dump(mode="json") if hasattr(deployed, "model_dump") else dict(deployed or {})
 
 
 def _finish(night: Night, record: NightRecord) -> NightRecord:
     record.stage_seconds, record.cached = dict(night.seconds), dict(night.cached)
+    record.stage_run_seconds = dict(night.run_seconds)
     publish_artifacts(record)
     return record
 

@@ -70,15 +70,22 @@ def good_examples(rows: Iterable[dict]) -> list[Example]:
     return [(r["messages"], r["completion"]) for r in rows if is_good(r)]
 
 
-def build_base(out_dir: str | Path, rows: list[dict], *, pretrain_epochs: int = 2, seed: int = 0, **model_kwargs: Any) -> Path:
-    """Build the tiny base in ``out_dir`` from the logged texts (idempotent: an existing base is reused)."""
+def build_base(out_dir: str | Path, rows: list[dict], *, pretrain_epochs: int = 2, max_pretrain_chats: int = 800,
+               seed: int = 0, **model_kwargs: Any) -> Path:
+    """Build the tiny base in ``out_dir`` from the logged texts (idempotent: an existing base is reused).
+
+    The tokenizer sees every text; the base is fitted on at most ``max_pretrain_chats`` transcripts (a seeded sample:
+    the cost of this step grows with it, the benefit saturates early)."""
+    import random
+
     from models.tiny import build_tiny_model
 
     out = Path(out_dir)
     if (out / "config.json").is_file():
         return out
     texts = [m.get("content") or "" for r in rows for m in r["messages"]] + [r["completion"] for r in rows]
-    chats = [transcript(r["messages"], r["completion"]) for r in rows]
+    sample = random.Random(seed).sample(rows, min(len(rows), max_pretrain_chats))
+    chats = [transcript(r["messages"], r["completion"]) for r in sample]
     return build_tiny_model(out, texts, pretrain_epochs=pretrain_epochs, pretrain_texts=chats, seed=seed, **model_kwargs)
 
 

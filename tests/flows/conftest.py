@@ -63,9 +63,10 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
     """A real ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; yields (api_url, env)."""
+    tmp_path = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
