@@ -15,7 +15,6 @@ commits at once), so a batch stopped by a gate is read again after the fix.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
 import gc
 import gzip
 import hashlib
@@ -23,6 +22,7 @@ import io
 import os
 import re
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 

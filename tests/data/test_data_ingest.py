@@ -2,6 +2,7 @@
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +22,7 @@ def ingest(logs, state, cfg=None):
 
 
 def quarantine(val):
-    return [json.loads(line) for line in open(val.quarantine_uri)]
+    return [json.loads(line) for line in Path(val.quarantine_uri).read_text().splitlines()]
 
 
 def test_every_defect_is_quarantined_with_its_reason(demo_logs, state_dir):
@@ -55,9 +56,9 @@ def test_clean_snapshot_has_the_schema_and_no_pii(demo_logs, state_dir):
     text = " ".join(str(v) for c in ("messages", "comment") for v in clean[c].to_pylist())
     assert "@example.com" not in text and "4111 1111" not in text and "[EMAIL]" in text
     assert "order_ref" in val.pii
-    report = json.loads(open(val.report_uri).read())
+    report = json.loads(Path(val.report_uri).read_text())
     assert report["rows_in"] == val.rows_in and report["examples"]
-    assert "interaction_log_v1" in open(val.report_html_uri).read()
+    assert "interaction_log_v1" in Path(val.report_html_uri).read_text()
 
 
 def test_rerun_reads_nothing_twice_and_new_objects_in_old_partitions_are_read(logs_copy, state_dir):
@@ -93,7 +94,7 @@ def test_unreadable_object_is_quarantined_whole(logs_copy, state_dir):
     (logs_copy / "notes.txt").write_text("not a log")                               # ignored, counted
     obs = observe(SourceConfig(uri=str(logs_copy)), state_dir, commit=True)
     assert obs.objects_quarantined == 1 and obs.objects_ignored == 1 and obs.objects_read == 4
-    rec = json.loads(open(obs.object_quarantine_uri).readline())
+    rec = json.loads(Path(obs.object_quarantine_uri).read_text().splitlines()[0])
     assert rec["source_object"] == "dt=2026-11-02/part-broken.jsonl.gz" and "unreadable_object" in rec["reason"]
     assert not observe(SourceConfig(uri=str(logs_copy)), state_dir).new_data       # not retried forever
 

@@ -70,7 +70,7 @@ def test_random_corruption_never_loses_a_row(ops, tmp_path_factory):
     except GateFailed as e:                    # heavy corruption may trip a gate; the accounting must still hold
         val = e.validation
     clean = set(pq.read_table(val.clean_uri)["source_line"].to_pylist())
-    quarantined = [json.loads(x)["source_line"] for x in open(val.quarantine_uri)]
+    quarantined = [json.loads(x)["source_line"] for x in Path(val.quarantine_uri).read_text().splitlines()]
     assert val.rows_in == len(lines) == val.rows_clean + val.rows_quarantined
     assert clean.isdisjoint(quarantined) and len(quarantined) == len(set(quarantined))
     assert clean | set(quarantined) == lines

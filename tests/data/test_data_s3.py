@@ -1,5 +1,6 @@
 """observe from s3:// through boto3 against a real moto_server over HTTP (paginated listing, incremental, ETags)."""
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -36,7 +37,7 @@ def test_s3_source_end_to_end(moto_endpoint, aws_env, demo_logs, state_dir):
     assert obs.objects_read == 4 and obs.rows == summary.rows and obs.objects_ignored == 4
     val = validate(obs.snapshot_uri, state_dir, snapshot_hash=obs.snapshot_hash)
     commit_manifest(obs, state_dir)
-    records = {(q["source_object"], q["source_line"]): q for q in map(json.loads, open(val.quarantine_uri))}
+    records = {(q["source_object"], q["source_line"]): q for q in map(json.loads, Path(val.quarantine_uri).read_text().splitlines())}
     for x in load_defects(logs):
         if x["expect"] == "quarantine":
             assert x["reason"] in records[(x["object"], x["line"])]["reasons"]
