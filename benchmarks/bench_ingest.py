@@ -80,7 +80,7 @@ def _scenario(args) -> dict:
         return {"scenario": "peer", "rows": n, "imports_s": imports, "ingest_s": total,
                 "phases": {"read+parse": t_parse, "normalize+write": total - t_parse}}
     s3 = S3Config(endpoint_url=args.endpoint) if args.endpoint else S3Config()
-    obs = observe(SourceConfig(uri=args.source, s3=s3), args.state)
+    obs = observe(SourceConfig(uri=args.source, s3=s3, parse_workers=args.parse_workers), args.state)
     try:
         val = validate(obs.snapshot_uri, args.state, ValidateConfig(), snapshot_hash=obs.snapshot_hash)
     except GateFailed as e:
@@ -95,14 +95,17 @@ def _scenario(args) -> dict:
             "rows_quarantined": val.rows_quarantined, "imports_s": imports, "ingest_s": total, "phases": phases}
 
 
-def run_scenario(name: str, source: str, state: Path, endpoint: str | None, peer_rows: int) -> dict:
+def run_scenario(name: str, source: str, state: Path, endpoint: str | None, peer_rows: int,
+                 parse_workers: int = 1) -> dict:
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     cmd = [sys.executable, __file__, "--worker", name, "--source", source, "--state", str(state),
-           "--peer-rows", str(peer_rows)] + (["--endpoint", endpoint] if endpoint else [])
+           "--peer-rows", str(peer_rows), "--parse-workers", str(parse_workers)] + (
+               ["--endpoint", endpoint] if endpoint else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "AWS_ACCESS_KEY_ID": "x",
                          "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["scenario"] = name if parse_workers == 1 else f"{name}-{parse_workers}p"
     result["rows_per_s"] = round(result["rows"] / result["ingest_s"])
     return result
 
@@ -141,6 +144,7 @@ def main() -> None:
     ap.add_argument("--defect-rate", type=float, default=0.05)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "flywheel-bench-ingest")
     ap.add_argument("--peer-rows", type=int, default=200_000)
+    ap.add_argument("--parse-workers", type=int, default=1, help="Also run local with this many parse processes.")
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--json", type=Path, help="Write the figures here.")
@@ -158,6 +162,9 @@ def main() -> None:
     print(f"data: {args.rows} rows ({args.defect_rate:.0%} defects) in {args.data / 'logs'} "
           f"({time.perf_counter() - t0:.0f} s to generate or reuse)", flush=True)
     results = [run_scenario("local", str(args.data / "logs"), args.data / "state-local", None, args.peer_rows)]
+    if args.parse_workers > 1:
+        results.append(run_scenario("local", str(args.data / "logs"), args.data / "state-local", None,
+                                    args.peer_rows, args.parse_workers))
     if not args.skip_s3:
         proc, endpoint = start_moto()
         try:
@@ -178,9 +185,10 @@ def main() -> None:
     for r in results:
         print(f"{r['scenario']:10}{r['rows']:>10}{r['ingest_s']:>10.2f}{r['rows_per_s']:>10}"
               f"{r['peak_rss_mb'] or 0:>9}{r['imports_s']:>10.2f}")
-    print("\nphase seconds " + "".join(f"{r['scenario']:>10}" for r in results if r["scenario"] != "peer"))
+    ours = [r for r in results if r["scenario"] != "peer"]
+    print(f"\n{'phase seconds':22}" + "".join(f"{r['scenario']:>10}" for r in ours))
     for p in phases:
-        print(f"{p:22}" + "".join(f"{r['phases'].get(p, 0):>10.2f}" for r in results if r["scenario"] != "peer"))
+        print(f"{p:22}" + "".join(f"{r['phases'].get(p, 0):>10.2f}" for r in ours))
     local = results[0]
     peer = next((r for r in results if r["scenario"] == "peer"), None)
     figures = {"rows": args.rows, "defect_rate": args.defect_rate, "cpu_count": os.cpu_count(),
