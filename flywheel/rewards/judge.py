@@ -158,8 +158,14 @@ class VerdictCache:
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, verdict: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", (key, json.dumps(verdict)))
-        self.db.commit()
+        self.put_many([(key, verdict)])
+
+    def put_many(self, items: list[tuple[str, dict]]) -> None:
+        """One transaction for a batch (a commit per verdict would serialise the event loop on fsync)."""
+        if items:
+            self.db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in items])
+            self.db.commit()
 
     def close(self) -> None:
         self.db.close()
@@ -268,8 +274,19 @@ class JudgeClient:
     async def _run(self, jobs: list[Callable]) -> list[Any]:
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(limits=limits) as http:
-            return await asyncio.gather(*(job(http, sem) for job in jobs))
+        self._pending: list[tuple[str, dict]] = []
+        try:
+            async with httpx.AsyncClient(limits=limits) as http:
+                return await asyncio.gather(*(job(http, sem) for job in jobs))
+        finally:  # verdicts obtained before a failure are kept
+            if self.cache:
+                self.cache.put_many(self._pending)
+            self._pending = []
+
+    def remember(self, key: str, verdict: dict) -> None:
+        """Queue a valid verdict for the cache (written in one transaction when the batch ends)."""
+        if self.cache:
+            self._pending.append((key, verdict))
 
     def run(self, jobs: list[Callable]) -> list[Any]:
         """Run coroutine factories ``job(http, sem)`` on a fresh event loop (or a worker thread if one is running)."""
@@ -318,8 +335,7 @@ class JudgeClient:
             if self.on_failure == "fail":
                 raise
             return Verdict(None, error=str(e))
-        if self.cache:
-            self.cache.put(key, {"score": score, "reasons": reasons})
+        self.remember(key, {"score": score, "reasons": reasons})
         return Verdict(score, reasons)
 
 

@@ -104,8 +104,7 @@ def judge_pairs(client: JudgeClient, rubric: Rubric, prompts: list[list[dict]], 
                     if client.on_failure == "fail":
                         raise
                     return None
-                if client.cache:
-                    client.cache.put(key, {"winner": w})
+                client.remember(key, {"winner": w})
                 return w
             jobs.append(job)
             slots.append(2 * i + j)

@@ -40,10 +40,10 @@ class ReplayServer:
 
     def __init__(self, script: list[str] | None = None, default: str = "valid", latency_s: float = 0.0,
                  slow_s: float = 5.0, score_fn: Callable[[str, float, float], float] = default_score,
-                 pair_fn: Callable[[str, str], str] = default_pair):
+                 pair_fn: Callable[[str, str], str] = default_pair, port: int = 0):
         self.script, self.default = list(script or []), default
         self.latency_s, self.slow_s = latency_s, slow_s
-        self.score_fn, self.pair_fn = score_fn, pair_fn
+        self.score_fn, self.pair_fn, self.port = score_fn, pair_fn, port
         self.requests: list[dict] = []  # every request body received
         self.auth: list[str | None] = []  # Authorization header of each request
         self._lock = threading.Lock()
@@ -100,6 +100,14 @@ class ReplayServer:
             def log_message(self, *args):  # quiet
                 pass
 
+            def do_GET(self):  # /v1/stats: how many chat requests were served (for other processes)
+                out = json.dumps({"calls": server.calls}).encode()
+                self.send_response(200 if self.path.endswith("/stats") else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
@@ -128,7 +136,7 @@ class ReplayServer:
             daemon_threads = True
             request_queue_size = 128
 
-        self._httpd = Server(("127.0.0.1", 0), Handler)
+        self._httpd = Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 
@@ -141,3 +149,26 @@ class ReplayServer:
         if self._httpd:
             self._httpd.shutdown()
             self._httpd.server_close()
+
+
+def main() -> None:
+    """``python -m flywheel.rewards.replay_server --port 0 --latency-ms 50``: prints the base URL, serves until killed."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="Local OpenAI-compatible judge replaying scripted verdicts.")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--default", default="valid", help="action for every request (valid, malformed, echo, 500...)")
+    args = ap.parse_args()
+    with ReplayServer(default=args.default, latency_s=args.latency_ms / 1000, port=args.port) as server:
+        print(server.base_url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
