@@ -1,0 +1,253 @@
+"""Four roles on one frozen base model: policy, reference, value and (optionally) reward.
+
+    policy     = base + LoRA "policy"  (+ the frozen warm-start adapter "init", if PPO starts from an SFT/RFT adapter)
+    reference  = base + "init" only, or the bare base (adapter disabled): no second copy of the weights
+    value      = base + LoRA "value" (+ "init") → scalar head on the last hidden state
+    reward     = base + LoRA "reward" (the rewards stage's reward-model folder) → its scalar head
+
+Switching roles only changes which LoRA adapters are active in each layer (we set the active list directly instead of
+peft's ``set_adapter``, which would also flip ``requires_grad`` and confuse DDP). The base weights exist once.
+
+``ActorCritic.forward`` runs the policy and the value pass for one batch — the module DDP wraps.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from models.ppo import entropy_from_logits, logprobs_from_logits
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_base(path: str | Path, dtype: str = "float32", device: str = "auto"):
+    """Any Hugging Face causal LM (local folder or hub id) + its tokenizer (left padding, pad ≠ EOS), frozen, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(resolve_device(device)).eval()  # eval(): dropout off for every role (Huang et al.)
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def lora_config(r: int = 8, alpha: int = 16, target_modules: list[str] | str = ("q_proj", "v_proj"),
+                layers: list[int] | None = None) -> LoraConfig:
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none",
+                      layers_to_transform=layers, task_type="CAUSAL_LM")
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as ``generate`` computes them. (B, L) → (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class ScalarHead(nn.Linear):
+    """hidden → 1; saved as ``score_head.safetensors`` with keys ``weight`` (1, hidden) and ``bias`` (1,)."""
+
+    def __init__(self, hidden: int):
+        super().__init__(hidden, 1)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def save(self, path: Path) -> None:
+        save_file({"weight": self.weight.detach().contiguous().cpu(), "bias": self.bias.detach().contiguous().cpu()},
+                  str(path))
+
+    def load(self, path: Path) -> None:
+        state = load_file(str(path))
+        self.weight.data.copy_(state["weight"])
+        self.bias.data.copy_(state["bias"])
+
+
+class ActorCritic(nn.Module):
+    """The four roles; trainable parameters are the "policy" and "value" adapters and the value head."""
+
+    def __init__(self, base, *, r: int = 8, alpha: int = 16, target_modules=("q_proj", "v_proj"),
+                 init_adapter: str | Path | None = None, value_layers: int | None = None):
+        super().__init__()
+        cfg = lora_config(r, alpha, target_modules)
+        self.has_init = init_adapter is not None
+        if self.has_init:  # the warm start stays frozen: it is also the reference policy
+            self.lm = PeftModel.from_pretrained(base, str(init_adapter), adapter_name="init", is_trainable=False)
+            self.lm.add_adapter("policy", cfg)
+        else:
+            self.lm = get_peft_model(base, cfg, adapter_name="policy")
+        n_layers = base.config.num_hidden_layers
+        layers = None if value_layers is None else list(range(n_layers - value_layers, n_layers))
+        self.lm.add_adapter("value", lora_config(r, alpha, target_modules, layers))
+        self.value_head = ScalarHead(base.config.hidden_size).to(base.device, base.dtype)
+        self.reward_head: ScalarHead | None = None
+        self.reward_norm = (0.0, 1.0)
+        self._tuner_layers = [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
+        for name, p in self.lm.named_parameters():  # train exactly the policy and value adapters
+            p.requires_grad_(".policy." in name or ".value." in name)
+
+    # ------------------------------------------------------------------ role switching
+    @contextmanager
+    def role(self, name: str):
+        """Activate the adapters of ``name`` ∈ {policy, reference, value, reward} for the block."""
+        init = ["init"] if self.has_init else []
+        adapters = {"policy": init + ["policy"], "reference": init, "value": init + ["value"], "reward": ["reward"]}[name]
+        if not adapters:
+            with self.lm.disable_adapter():
+                yield
+            return
+        previous = [m._active_adapter for m in self._tuner_layers]
+        for m in self._tuner_layers:
+            m._active_adapter = list(adapters)
+        try:
+            yield
+        finally:
+            for m, prev in zip(self._tuner_layers, previous):
+                m._active_adapter = prev
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The transformer without its LM head (hidden states only)."""
+        base = self.lm.get_base_model()
+        return getattr(base, base.base_model_prefix)
+
+    # ------------------------------------------------------------------ role forwards
+    def response_logits(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+        """Logits predicting the last ``response_len`` tokens. (B, L) → (B, R, V); LM head only on those positions."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), logits_to_keep=response_len + 1,
+                      use_cache=False)
+        return out.logits[:, :-1]
+
+    def response_hidden(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+        """Last hidden states at the response positions: (B, L) → (B, R, H) (state after reading token t)."""
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+        return h[:, -response_len:]
+
+    def ref_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int,
+                     temperature: float = 1.0) -> Tensor:
+        """log π_ref of the response tokens. → (B, R)."""
+        with torch.no_grad(), self.role("reference"):
+            logits = self.response_logits(input_ids, attention_mask, response_len)
+        return logprobs_from_logits(logits, input_ids[:, -response_len:], temperature)
+
+    def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Normalised reward-model score of each full sequence, read at its last real token. → (B,)."""
+        if self.reward_head is None:
+            raise RuntimeError("no reward model attached: call attach_reward_model(folder) first")
+        with torch.no_grad(), self.role("reward"):
+            h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+        last = attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)  # (B,) last real token
+        score = self.reward_head(h[torch.arange(len(h)), last]).squeeze(-1).float()
+        mean, std = self.reward_norm
+        return (score - mean) / std
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_len: int,
+                temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Policy and value pass with gradients. → logprobs (B, R), entropy (B, R), values (B, R)."""
+        responses = input_ids[:, -response_len:]
+        with self.role("policy"):
+            logits = self.response_logits(input_ids, attention_mask, response_len)  # (B, R, V)
+        logprobs = logprobs_from_logits(logits, responses, temperature)
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach(), temperature)
+        with self.role("value"):
+            hidden = self.response_hidden(input_ids, attention_mask, response_len + 1)[:, :-1]  # (B, R, H)
+        values = self.value_head(hidden).squeeze(-1).float()  # (B, R) V(s_t) before emitting token t
+        return logprobs, entropy, values
+
+    # ------------------------------------------------------------------ reward model, saving
+    def attach_reward_model(self, folder: str | Path, init_value_head: bool = False) -> None:
+        """Load the rewards stage's folder (``adapter/``, ``score_head.safetensors``, ``reward_model.json``)."""
+        folder = Path(folder)
+        meta = json.loads((folder / "reward_model.json").read_text())
+        self.lm.load_adapter(str(folder / "adapter"), adapter_name="reward", is_trainable=False)
+        self._tuner_layers = [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
+        base = self.lm.get_base_model()
+        self.reward_head = ScalarHead(base.config.hidden_size).to(base.device, base.dtype).requires_grad_(False)
+        self.reward_head.load(folder / "score_head.safetensors")
+        norm = meta.get("normalisation") or meta.get("normalization") or {}
+        self.reward_norm = (float(norm.get("mean", meta.get("mean", 0.0))),
+                            float(norm.get("std", meta.get("std", 1.0))) or 1.0)
+        if init_value_head:
+            self.value_head.load(folder / "score_head.safetensors")
+
+    def adapter_state(self, name: str) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.lm, adapter_name=name).items()}
+
+    def load_adapter_state(self, name: str, state: dict[str, Tensor]) -> None:
+        set_peft_model_state_dict(self.lm, state, adapter_name=name)
+
+    def save_policy(self, path: str | Path) -> Path:
+        """The policy as ONE LoRA adapter on the original base (warm start and PPO delta concatenated, exact)."""
+        return save_lora(path, self.lm.peft_config["policy"], self.adapter_state("policy"),
+                         (self.lm.peft_config["init"], self.adapter_state("init")) if self.has_init else None)
+
+    def save_value(self, path: str | Path) -> Path:
+        path = Path(path)
+        save_lora(path / "adapter", self.lm.peft_config["value"], self.adapter_state("value"))
+        self.value_head.save(path / "score_head.safetensors")
+        return path
+
+
+def _scaling(cfg: LoraConfig) -> float:
+    return cfg.lora_alpha / (cfg.r ** 0.5 if cfg.use_rslora else cfg.r)
+
+
+def save_lora(path: str | Path, cfg: LoraConfig, state: dict[str, Tensor],
+              warm: tuple[LoraConfig, dict[str, Tensor]] | None = None) -> Path:
+    """Write a peft adapter folder. With ``warm``, ΔW = s₁B₁A₁ + s₂B₂A₂ = [s₁B₁ | s₂B₂]·[A₁; A₂] (rank r₁+r₂, scale 1)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    out_cfg = copy.deepcopy(cfg)
+    if warm is not None:
+        wcfg, wstate = warm
+        r1, r2, s1, s2 = wcfg.r, cfg.r, _scaling(wcfg), _scaling(cfg)
+        merged = {}
+        for module in sorted(set(_targets(wstate)) | set(_targets(state))):  # zero-fill a module one side lacks
+            a1, b1 = wstate.get(f"{module}.lora_A.weight"), wstate.get(f"{module}.lora_B.weight")
+            a2, b2 = state.get(f"{module}.lora_A.weight"), state.get(f"{module}.lora_B.weight")
+            d_in = (a1 if a1 is not None else a2).shape[1]
+            d_out = (b1 if b1 is not None else b2).shape[0]
+            a1 = a1 if a1 is not None else torch.zeros(r1, d_in)
+            b1 = b1 if b1 is not None else torch.zeros(d_out, r1)
+            a2 = a2 if a2 is not None else torch.zeros(r2, d_in)
+            b2 = b2 if b2 is not None else torch.zeros(d_out, r2)
+            merged[f"{module}.lora_A.weight"] = torch.cat([a1, a2], 0)  # (r1+r2, in)
+            merged[f"{module}.lora_B.weight"] = torch.cat([s1 * b1, s2 * b2], 1)  # (out, r1+r2)
+        state = merged
+        out_cfg.r = out_cfg.lora_alpha = r1 + r2
+        out_cfg.use_rslora = False
+        out_cfg.layers_to_transform = None
+        out_cfg.rank_pattern, out_cfg.alpha_pattern = {}, {}
+        # exact module paths (peft matches target names by suffix), so differing targets/layers stay exact
+        out_cfg.target_modules = sorted(m.split("base_model.model.", 1)[-1] for m in _targets(state))
+    out_cfg.inference_mode = True
+    out_cfg.save_pretrained(str(path))
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(path / "adapter_model.safetensors"))
+    return path
+
+
+def _targets(state: dict[str, Tensor]) -> list[str]:
+    """Module paths that carry a LoRA in a peft state dict."""
+    return [k.rsplit(".lora_A", 1)[0] for k in state if ".lora_A" in k]

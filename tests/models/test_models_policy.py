@@ -1,0 +1,121 @@
+"""The four roles share one base: reference = adapter disabled, exported adapters reproduce the policy, memory."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from peft import PeftModel
+
+from models.policy import ActorCritic, load_base
+from models.rollout import HFRolloutEngine, encode_prompts
+from models.sft import SFTConfig, train_sft
+
+
+def _perturb(ac: ActorCritic, adapter: str, scale: float = 0.3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    for name, p in ac.lm.named_parameters():
+        if f".{adapter}." in name:
+            p.data.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_reference_is_the_base_and_roles_are_independent(tiny_base, tiny_task):
+    lm, tok = load_base(tiny_base)
+    fresh, _ = load_base(tiny_base)
+    ac = ActorCritic(lm)
+    _perturb(ac, "policy")
+    _perturb(ac, "value", seed=1)
+    rollout = HFRolloutEngine(ac, tok).generate([p for p, _, _ in tiny_task[:6]], max_new_tokens=12)
+    ids, mask, R = rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
+    ref = ac.ref_logprobs(ids, mask, R)
+    from models.policy import position_ids_from_mask
+    from models.ppo import logprobs_from_logits
+    with torch.no_grad():
+        logits = fresh(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    expect = logprobs_from_logits(logits[:, -R - 1:-1], ids[:, -R:])
+    assert torch.equal(ref, expect)  # exactly the base: no second copy needed
+    with torch.no_grad():
+        logprobs, entropy, values = ac(ids, mask, R)
+    assert not torch.allclose(logprobs, ref)  # the policy adapter is in use
+    assert values.shape == logprobs.shape == entropy.shape == (6, R) and values.abs().sum() == 0  # zero-init head
+    _perturb(ac, "value", seed=2)
+    with torch.no_grad():
+        logprobs2, _, _ = ac(ids, mask, R)
+    assert torch.equal(logprobs, logprobs2)  # the value adapter does not touch the policy
+    # one base: every base weight is stored once
+    base_ptrs = {p.data_ptr() for n, p in ac.lm.named_parameters() if "lora_" not in n}
+    assert len(base_ptrs) == sum(1 for n, _ in fresh.named_parameters())
+
+
+def test_exported_policy_adapter_reproduces_warm_start_plus_ppo_delta(tiny_base, tiny_task, tmp_path):
+    examples = [(p, json.dumps({"intent": i, "order_id": o})) for p, i, o in tiny_task[:32]]
+    sft = train_sft(SFTConfig(epochs=1, batch_size=16, progress=False), tiny_base, examples, tmp_path / "sft")
+    lm, tok = load_base(tiny_base)
+    ac = ActorCritic(lm, init_adapter=sft.adapter_dir)
+    q, m = encode_prompts(tok, [p for p, _, _ in tiny_task[:4]])
+    with torch.no_grad(), ac.role("policy"):
+        before = ac.lm(input_ids=q, attention_mask=m).logits
+    with torch.no_grad(), ac.role("reference"):
+        ref = ac.lm(input_ids=q, attention_mask=m).logits
+    assert torch.allclose(before, ref)  # the fresh policy LoRA starts at zero: policy == warm start == reference
+    _perturb(ac, "policy", 0.2)
+    with torch.no_grad(), ac.role("policy"):
+        policy = ac.lm(input_ids=q, attention_mask=m).logits
+    ac.save_policy(tmp_path / "export")
+    base2, _ = load_base(tiny_base)
+    exported = PeftModel.from_pretrained(base2, str(tmp_path / "export"))
+    with torch.no_grad():
+        again = exported(input_ids=q, attention_mask=m).logits
+    assert not torch.allclose(policy, ref, atol=1e-3)
+    assert torch.allclose(again, policy, atol=1e-5)
+
+
+MAKE_MODEL = textwrap.dedent("""
+    import sys, torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from models.tiny import train_tokenizer
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                      intermediate_size=1536, pad_token_id=0, eos_token_id=1)
+    LlamaForCausalLM(cfg).save_pretrained(sys.argv[1])
+    train_tokenizer(["hello world 123"], 300).save_pretrained(sys.argv[1])
+""")
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, torch
+    import psutil
+    from models.policy import ActorCritic, load_base
+    torch.set_num_threads(1)
+    start = psutil.Process().memory_info().rss
+    lm, tok = load_base(sys.argv[1])
+    base_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
+    ac = ActorCritic(lm)
+    ac.save_value(sys.argv[2])  # a reward-model folder in the rewards stage's format
+    open(sys.argv[2] + "/reward_model.json", "w").write(json.dumps({"base_model": sys.argv[1], "mean": 0, "std": 1}))
+    ac.attach_reward_model(sys.argv[2])
+    ids = torch.randint(3, 250, (1, 24)); mask = torch.ones_like(ids)
+    ac.reward_scores(ids, mask)                             # role 4: reward
+    ref = ac.ref_logprobs(ids, mask, 8)                     # role 2: reference
+    logprobs, entropy, values = ac(ids, mask, 8)            # roles 1 and 3: policy and value, with gradients
+    (logprobs.mean() + values.mean()).backward()
+    opt = torch.optim.AdamW([p for p in ac.parameters() if p.requires_grad]); opt.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"base_bytes": base_bytes, "growth": peak - start}))
+""")
+
+
+@pytest.mark.slow
+def test_peak_memory_holds_one_copy_of_the_base(tmp_path):
+    """Peak RSS of all four roles + one optimizer step, minus the process before loading, vs the base's bytes."""
+    pytest.importorskip("psutil")
+    made = subprocess.run([sys.executable, "-c", MAKE_MODEL, str(tmp_path / "m")], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "m"), str(tmp_path / "rm")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = figures["growth"] / figures["base_bytes"]
+    print(f"peak memory growth for 4 roles + one update = {ratio:.2f} x the base weights")
+    assert figures["base_bytes"] > 80e6
+    assert ratio < 1.5, figures  # four roles as separate models would need >= 4x
