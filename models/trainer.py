@@ -238,7 +238,7 @@ class PPOTrainer:
                         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
                         (loss / cfg.grad_accum).backward()
                     for key, v in zip(stats, (pg_loss, v_loss, ent, clipfrac, vf_clipfrac, approx_kl)):
-                        stats[key].append(float(v))
+                        stats[key].append(float(v.detach()))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)

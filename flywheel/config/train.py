@@ -1,5 +1,11 @@
-"""Config of the learning code: which base model, LoRA, PPO and SFT settings."""
+"""Config of the learning code: which base model, LoRA, PPO and SFT settings.
+
+``train`` fields map one to one onto ``models.trainer.PPOConfig`` (same names, same defaults); see that dataclass
+for the maths behind each knob.
+"""
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,17 +18,38 @@ class ModelConfig(_Strict):
     base: str = Field("tiny", description="'tiny' (built offline from the logs) or a Hugging Face model id / local path.")
     dtype: str = Field("float32", description="float32 | bfloat16 | float16.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank of the PPO policy and value adapters.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
-    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], description="Modules wrapped by LoRA.")
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                           description="Modules wrapped by LoRA (names as in the base model).")
 
 
 class TrainConfig(_Strict):
-    seed: int = Field(0, description="Seed for sampling, shuffling and init.")
-    steps: int = Field(20, ge=1, description="PPO updates per nightly run.")
-    batch_size: int = Field(8, ge=1, description="Prompts per rollout batch.")
-    max_new_tokens: int = Field(32, ge=1, description="Response length cap.")
-    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
-    init_kl_coef: float = Field(0.05, ge=0, description="Initial KL penalty beta.")
-    target_kl: float | None = Field(6.0, description="Adaptive KL target (None = fixed beta).")
-    checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N updates.")
+    seed: int = Field(0, description="Seed for LoRA init, data order and sampling.")
+    steps: int = Field(40, ge=1, description="PPO updates per nightly run (each = one rollout batch).")
+    batch_size: int = Field(16, ge=1, description="Prompts per rollout batch (per process under accelerate).")
+    samples_per_prompt: int = Field(2, ge=1, description="Responses sampled per prompt.")
+    max_prompts: int | None = Field(2000, ge=1, description="Distinct prompts taken from the scored snapshot (newest first); None = all.")
+    max_new_tokens: int = Field(32, ge=1, description="Response length cap; a response cut before EOS gets missing_eos_penalty.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same scaling).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate of the LoRA adapters and value head.")
+    lr_schedule: Literal["constant", "linear"] = Field("constant", description="constant, or linear decay to 0.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    num_minibatches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per minibatch (gradient accumulation).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip epsilon.")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss.")
+    ent_coef: float = Field(0.0, ge=0, description="Entropy bonus.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    init_kl_coef: float = Field(0.05, ge=0, description="Initial beta of the per-token KL penalty against the champion.")
+    target_kl: float | None = Field(None, gt=0, description="Adaptive KL target per response (None = fixed beta).")
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
+    early_stop_kl: float | None = Field(None, gt=0, description="Stop a batch's PPO epochs once approx-KL exceeds this.")
+    whiten_rewards: bool = Field(False, description="Whiten the shaped rewards (mean kept).")
+    missing_eos_penalty: float | None = Field(-1.0, description="Score of a response without EOS (the EOS trick); None = off.")
+    value_layers: int | None = Field(None, ge=1, description="Value adapter only on the top N layers (cheaper backward); None = all.")
+    checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N updates; a rerun resumes from the last one.")
+    rollout_engine: Literal["hf", "vllm"] = Field("hf", description="hf (transformers generate) or vllm (if installed).")

@@ -55,6 +55,11 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(name="intent_reward", scope="session")
+def intent_reward_fixture():
+    return intent_reward
+
+
 @pytest.fixture(scope="session")
 def tiny_task():
     rng = random.Random(0)
@@ -79,5 +84,5 @@ def tiny_base(tmp_path_factory, tiny_task):
         text = tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
         chats.append(text + answer(rng.choice(sorted(INTENT_WORDS)), oid))
     build_tiny_model(out, corpus, vocab_size=400, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                     pretrain_epochs=4, pretrain_lr=3e-3, pretrain_batch_size=16, pretrain_texts=chats, seed=0)
+                     pretrain_epochs=15, pretrain_lr=1e-2, pretrain_batch_size=16, pretrain_texts=chats, seed=0)
     return out
