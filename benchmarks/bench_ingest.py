@@ -43,6 +43,12 @@ def worker(args) -> dict:
     return result
 
 
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _scenario(args) -> dict:
     t0 = time.perf_counter()
     if args.worker == "peer":
@@ -55,6 +61,7 @@ def _scenario(args) -> dict:
         from flywheel.validate import GateFailed, validate
     imports = time.perf_counter() - t0
     start = time.perf_counter()
+    cpu0 = _cpu()
     if args.worker == "peer":
         import pandas as pd
         files = sorted(Path(args.source).rglob("dt=*/*.jsonl"))
@@ -77,7 +84,7 @@ def _scenario(args) -> dict:
         frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(
             Path(args.state) / "peer.parquet")
         total = time.perf_counter() - start
-        return {"scenario": "peer", "rows": n, "imports_s": imports, "ingest_s": total,
+        return {"scenario": "peer", "rows": n, "imports_s": imports, "ingest_s": total, "cpu_s": _cpu() - cpu0,
                 "phases": {"read+parse": t_parse, "normalize+write": total - t_parse}}
     s3 = S3Config(endpoint_url=args.endpoint) if args.endpoint else S3Config()
     obs = observe(SourceConfig(uri=args.source, s3=s3, parse_workers=args.parse_workers), args.state)
@@ -91,7 +98,7 @@ def _scenario(args) -> dict:
               "validate load": v["load"], "validate checks (GX)": v["checks"], "quarantine": v["quarantine"],
               "pii": v["pii"], "write clean": v["write"]}
     phases["other"] = total - sum(phases.values())
-    return {"scenario": args.worker, "rows": val.rows_in, "rows_clean": val.rows_clean,
+    return {"scenario": args.worker, "rows": val.rows_in, "rows_clean": val.rows_clean, "cpu_s": _cpu() - cpu0,
             "rows_quarantined": val.rows_quarantined, "imports_s": imports, "ingest_s": total, "phases": phases}
 
 
@@ -107,6 +114,7 @@ def run_scenario(name: str, source: str, state: Path, endpoint: str | None, peer
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["scenario"] = name if parse_workers == 1 else f"{name}-{parse_workers}p"
     result["rows_per_s"] = round(result["rows"] / result["ingest_s"])
+    result["rows_per_cpu_s"] = round(result["rows"] / max(result["cpu_s"], 1e-9))   # load-independent
     return result
 
 
@@ -180,11 +188,12 @@ def main() -> None:
         results.append(run_scenario("peer", str(args.data / "logs"), args.data / "state-peer", None, args.peer_rows))
 
     phases = list(results[0]["phases"])
-    head = f"{'scenario':10}{'rows':>10}{'ingest s':>10}{'rows/s':>10}{'peak MB':>9}{'imports s':>10}"
+    head = (f"{'scenario':10}{'rows':>10}{'ingest s':>10}{'rows/s':>10}{'cpu s':>8}{'rows/cpu-s':>11}{'peak MB':>9}"
+            f"{'imports s':>10}")
     print(head)
     for r in results:
-        print(f"{r['scenario']:10}{r['rows']:>10}{r['ingest_s']:>10.2f}{r['rows_per_s']:>10}"
-              f"{r['peak_rss_mb'] or 0:>9}{r['imports_s']:>10.2f}")
+        print(f"{r['scenario']:10}{r['rows']:>10}{r['ingest_s']:>10.2f}{r['rows_per_s']:>10}{r['cpu_s']:>8.1f}"
+              f"{r['rows_per_cpu_s']:>11}{r['peak_rss_mb'] or 0:>9}{r['imports_s']:>10.2f}")
     ours = [r for r in results if r["scenario"] != "peer"]
     print(f"\n{'phase seconds':22}" + "".join(f"{r['scenario']:>10}" for r in ours))
     for p in phases:
@@ -198,8 +207,9 @@ def main() -> None:
                "local_meets_memory_goal": (local["peak_rss_mb"] or 0) <= 2048}
     if peer:
         figures["speedup_vs_peer"] = round(local["rows_per_s"] / peer["rows_per_s"], 2)
+        figures["cpu_efficiency_vs_peer"] = round(local["rows_per_cpu_s"] / peer["rows_per_cpu_s"], 2)
         print(f"\nlocal vs peer (json.loads + json_normalize + Parquet, no validation): "
-              f"{figures['speedup_vs_peer']}x rows/s")
+              f"{figures['speedup_vs_peer']}x rows/s, {figures['cpu_efficiency_vs_peer']}x rows per CPU-second")
     print(f"load average during run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -399,8 +399,7 @@ def parse_jsonl(data: bytes, key: str, dt: str) -> pa.Table:
                 cols.bad(line, raw, "not_an_object")
             else:
                 cols.add(obj, line, raw)
-        table = cols.table()
-        return table.sort_by("source_line") if slow else table
+        return cols.table()         # fast rows first, then the others: deterministic, no re-sort needed
     finally:
         if gc_was:
             gc.enable()
