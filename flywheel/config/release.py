@@ -16,7 +16,7 @@ class GatesConfig(_Strict):
     min_gain_ci_low: float = Field(0.0, description="Gate: the 95 % CI lower bound of candidate - champion total reward must exceed this.")
     rule_tolerance: float = Field(0.02, ge=0, description="Gate: no rule component's pass rate may drop by more than this vs the champion.")
     min_win_rate: float = Field(0.5, ge=0, le=1, description="Gate (only when a pairwise judge is configured): candidate win-rate must be >= this.")
-    max_kl: float = Field(10.0, gt=0, description="Gate: mean per-sequence KL(candidate || base) in nats must not exceed this.")
+    max_kl: float = Field(50.0, gt=0, description="Gate: mean per-sequence KL(candidate || base), nats summed over response tokens, must not exceed this.")
     block_on_monitors: bool = Field(False, description="Also fail the decision when a reward-hacking monitor is flagged.")
 
 

@@ -52,7 +52,7 @@ def sft_lora(base_dir: Path, out_dir: Path, pairs: list[tuple[list[dict], str]],
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     data = []
     for prompt, answer in pairs:
         p = tok(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
@@ -178,3 +178,9 @@ def mlflow_server(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_pid(proc)
+
+
+@pytest.fixture(scope="session")
+def scorer():
+    """(score_fn, kinds) of the demo task for evaluation tests."""
+    return demo_scorer()

@@ -147,3 +147,28 @@ def test_two_racing_promotions_leave_one_champion_and_a_consistent_previous(stat
     champ_tags = client.get_model_version(NAME, str(st["aliases"]["champion"])).tags
     assert champ_tags["parent_champion_version"] == str(st["aliases"]["previous"])
     assert rollback(tracking_uri=uri, model_name=NAME, state_dir=state_dir).champion_version == first["version"]
+
+
+def test_manifests_are_rendered_with_the_champion_uri_and_base_model(state_dir, adapters, tmp_path):
+    import yaml
+
+    from flywheel.config import load_config
+    from flywheel.promote import client_for
+    from flywheel.serve import render_champion_manifests
+
+    uri = tracking_uri(state_dir)
+    _promote(uri, state_dir, adapters[0], True, None)
+    cfg = load_config(None, overrides={"project.state_dir": str(state_dir), "serve.gpus": 2})
+    files = {p.name: p for p in render_champion_manifests(cfg, tmp_path / "out")}
+    assert set(files) == {"k8s.yaml", "docker-compose.yaml"}
+    source = client_for(uri).get_model_version(NAME, "1").source
+    deployment, service = yaml.safe_load_all(files["k8s.yaml"].read_text())
+    spec = deployment["spec"]["template"]["spec"]
+    args = spec["containers"][0]["args"]
+    assert "--model=tiny-base" in args and "champion=/adapters/champion/adapter" in args
+    assert source in spec["initContainers"][0]["args"][0]
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert service["kind"] == "Service" and service["spec"]["selector"] == {"app": "support-bot-vllm"}
+    compose = yaml.safe_load(files["docker-compose.yaml"].read_text())
+    assert "--model=tiny-base" in compose["services"]["vllm"]["command"]
+    assert all("${" not in p.read_text() for p in files.values())  # every placeholder filled

@@ -1,0 +1,96 @@
+"""vLLM for real (from .venv-vllm): champion adapter served, new champion hot-loaded, failing smoke test rolled back.
+
+One server on 127.0.0.1 for the whole test, stopped by its PID at the end. Expected answers come from Hugging Face
+greedy decoding of the same base + adapter (fp32 greedy: vLLM and HF agree).
+"""
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not VLLM_PY.exists(), reason=".venv-vllm is absent: build it with `make vllm-env` (make test does)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _register(cfg, adapter, passed, evaluated, base):
+    from flywheel.promote import Lineage, promote
+    from flywheel.tracking import ensure_experiment, tracking_uri
+
+    return promote(adapter, tracking_uri=tracking_uri(cfg.state), model_name=cfg.project.name,
+                   experiment_id=ensure_experiment(cfg.project.name, cfg.state), state_dir=cfg.state, passed=passed,
+                   reason="test", evaluated_champion=evaluated, lineage=Lineage(base_model=str(base)))
+
+
+def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(tiny, state_dir, tmp_path):
+    from flywheel import serve
+    from flywheel.config import load_config
+    from flywheel.config.release import EvaluateConfig
+    from flywheel.evaluate import HFPolicies
+    from flywheel.judge_stage import default_components
+    from flywheel.promote import registry_state
+    from flywheel.tracking import tracking_uri
+
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({"messages": p}) + "\n" for p in tiny["eval"][:6]))
+    fmt = [c.model_dump() for c in default_components() if c.name == "format"]  # JSON schema rule of the demo
+    cfg = load_config(None, overrides={
+        "project.state_dir": str(state_dir), "serve.port": free_port(), "evaluate.golden_set": str(golden),
+        "serve.command": [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server"], "rewards.components": fmt,
+        "serve.smoke_min_pass_rate": 0.8,
+    })
+    prompts = tiny["eval"][:6]
+    hf = HFPolicies(tiny["base"], {"weak": tiny["weak"], "strong": tiny["strong"], "noisy": tiny["noisy"]},
+                    EvaluateConfig(max_new_tokens=cfg.serve.smoke_max_tokens))
+    expected = {r: hf.generate(r, prompts) for r in ("weak", "strong", "noisy")}
+    assert expected["weak"] != expected["strong"]  # the two adapters are distinguishable by their answers
+    check = serve.rule_check(cfg)
+    assert min(check(prompts, expected["strong"])) == 1.0 and max(check(prompts, expected["noisy"])) == 0.0
+
+    assert _register(cfg, tiny["weak"], True, None, tiny["base"]).champion_version == 1
+    t0 = time.time()
+    info = serve.serve_champion(cfg)
+    try:
+        startup_s = time.time() - t0
+        # 1. the champion adapter answers (as HF decodes base + that adapter)
+        latencies = []
+        for p, want in zip(prompts, expected["weak"]):
+            got, ms = serve.chat(info.url, "champion", p, cfg.serve.smoke_max_tokens)
+            latencies.append(ms)
+            assert got == want
+        assert set(serve.served_models(info.url)) >= {"base", "champion", "support-bot-v1"}
+
+        # 2. a better champion is promoted, hot-loaded, smoke-tested and answers under the stable name
+        assert _register(cfg, tiny["strong"], True, 1, tiny["base"]).champion_version == 2
+        result = serve.deploy_champion(cfg)
+        assert result.status == "deployed", result.reason
+        assert result.smoke.pass_rate >= 0.8
+        assert [serve.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
+
+        # 3. a broken champion fails the smoke test: unloaded, the previous keeps serving, registry rolled back
+        assert _register(cfg, tiny["noisy"], True, 2, tiny["base"]).champion_version == 3
+        result = serve.deploy_champion(cfg)
+        assert result.status == "rolled_back" and result.rolled_back_registry, result.reason
+        assert result.smoke.pass_rate == 0.0
+        assert "support-bot-v3" not in serve.served_models(info.url)
+        assert [serve.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
+        aliases = registry_state(tracking_uri(cfg.state), cfg.project.name)["aliases"]
+        assert aliases["champion"] == 2 and aliases["previous"] == 1 and aliases["challenger"] == 3
+        print(f"\nvLLM startup {startup_s:.1f} s (healthy after {info.started_s:.1f} s); chat latency "
+              f"median {sorted(latencies)[len(latencies) // 2]:.0f} ms over {len(latencies)} requests")
+    finally:
+        assert serve.stop_server(info.pid)
+    with pytest.raises(ProcessLookupError):
+        os.kill(info.pid, 0)
