@@ -65,7 +65,7 @@ class Night:
     refresh: bool = False
     storage: Any = None
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each task call, engine included
-    run_seconds: dict[str, float] = field(default_factory=dict)  # time the task run spent Running (Prefect's clock)
+    run_seconds: dict[str, float] = field(default_factory=dict)  # time the task's own function ran (0 = cache hit)
     cached: dict[str, bool] = field(default_factory=dict)
 
     def ensure_storage(self) -> None:
@@ -95,9 +95,12 @@ def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> 
     )
     if name in IO_RETRIES and not getattr(task, "retries", 0):
         options.update(retries=IO_RETRIES[name], retry_delay_seconds=exponential_backoff(backoff_factor=2))
+    configured = task.with_options(**options)
+    inner: list[float] = []
+    configured.fn = _timed(configured.fn, inner)
     t0 = time.perf_counter()
     try:
-        state = task.with_options(**options)(*args, return_state=True, **kwargs)
+        state = configured(*args, return_state=True, **kwargs)
         result = state.result(raise_on_failure=True)
     except StageFailed:
         raise
@@ -106,22 +109,22 @@ def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> 
     finally:
         night.seconds[name] = round(time.perf_counter() - t0, 3)
     night.cached[name] = bool(getattr(state, "name", "") == "Cached")
-    night.run_seconds[name] = _running_seconds(state)
+    night.run_seconds[name] = round(sum(inner), 3)
     return result
 
 
-def _running_seconds(state: Any) -> float:
-    """How long the task run was in the Running state (0 for a cache hit), read back from the Prefect API."""
-    from prefect.client.orchestration import get_client
+def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
+    """``fn`` that records how long its body ran (the stage's own work, without Prefect's engine around it)."""
+    import functools
 
-    task_run_id = getattr(getattr(state, "state_details", None), "task_run_id", None)
-    if task_run_id is None:
-        return 0.0
-    try:
-        with get_client(sync_client=True) as client:
-            return float(client.read_task_run(task_run_id).total_run_time.total_seconds())
-    except Exception:  # noqa: BLE001 - a measurement, never a reason to fail the night
-        return 0.0
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sink.append(time.perf_counter() - t0)
+    return timed
 
 
 def call_plain(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

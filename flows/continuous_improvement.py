@@ -121,7 +121,7 @@ def _fill(record: NightRecord, candidate: Any, evaluation: Any, release: Any, de
     s = evaluation.summary
     record.candidate_uri = getattr(candidate, "adapter_uri", None)
     record.base_model = getattr(candidate, "base_model", None)
-    record.reward_curve = [float(x) for x in (getattr(candidate, "reward_curve", None) or [])]
+    record.reward_curve = reward_curve(getattr(candidate, "metrics_uri", None))
     record.train_run_id = getattr(candidate, "run_id", None)
     record.eval_run_id, record.eval_report_html = evaluation.run_id, evaluation.report_html
     record.gain, record.gain_ci = s.get("gain"), s.get("gain_ci")
@@ -143,6 +143,16 @@ def _fill(record: NightRecord, candidate: Any, evaluation: Any, release: Any, de
     record.champion_version = None if release.champion_version is None else str(release.champion_version)
     record.candidate_version = None if release.version is None else str(release.version)
     record.deploy = deployed.model_dump(mode="json") if hasattr(deployed, "model_dump") else dict(deployed or {})
+
+
+def reward_curve(metrics_uri: str | None) -> list[float]:
+    """Mean online reward of each PPO update, from the trainer's metrics.jsonl."""
+    import json
+
+    if not metrics_uri or not Path(metrics_uri).is_file():
+        return []
+    rows = [json.loads(line) for line in Path(metrics_uri).read_text().splitlines() if line.strip()]
+    return [round(float(r["objective/scores"]), 4) for r in rows if "objective/scores" in r]
 
 
 def _finish(night: Night, record: NightRecord) -> NightRecord:
