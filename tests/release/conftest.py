@@ -2,12 +2,13 @@
 different degrees, a noise-degraded adapter, and the demo rule graders + a gold intent check as the score function.
 
 Adapters (built once per session, ~1 min on 2 cores):
-- ``weak``:    SFT on answers that are valid JSON with the right order id but always intent "refund";
-- ``strong``:  SFT on the gold answers (right intent);
+- ``weak``:    SFT on answers that are valid JSON but with the wrong key (``order`` instead of ``order_id``);
+- ``strong``:  SFT on the gold answers (valid JSON, right schema);
 - ``noisy``:   ``strong`` + Gaussian noise on the LoRA weights (a deliberately broken candidate).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -43,7 +44,7 @@ def demo_prompts(n: int, seed: int):
 
 
 def sft_lora(base_dir: Path, out_dir: Path, pairs: list[tuple[list[dict], str]], steps: int, seed: int = 0,
-             lr: float = 3e-3, batch_size: int = 16) -> Path:
+             lr: float = 3e-3, batch_size: int = 8) -> Path:
     """Fit a LoRA adapter (q,k,v,o r=8) on (prompt, answer) pairs; loss on answer tokens (+ EOS) only."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -114,9 +115,33 @@ def demo_scorer():
     return Composite(specs, graders).score, kinds
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny models are overhead-bound; with other processes on 2 cores, 2 OpenMP threads thrash (5x slower here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """{'base': dir, 'weak': adapter, 'strong': adapter, 'noisy': adapter, 'eval': [prompts]}."""
+    with one_torch_thread():
+        return _build_tiny(tmp_path_factory)
+
+
+def _build_tiny(tmp_path_factory):
     from flywheel import demo_data as dd
     from models.tiny import build_tiny_model
 
@@ -126,10 +151,9 @@ def tiny(tmp_path_factory):
     base = build_tiny_model(root / "base", corpus, vocab_size=512, hidden_size=128, num_layers=2, num_heads=2,
                             intermediate_size=256, max_position_embeddings=512, seed=0)
     gold = [(p, dd.gold_completion(i, o)) for p, i, o in train]
-    weak = [(p, dd.gold_completion("refund", o)) for p, _, o in train]
-    out = {"base": base,
-           "weak": sft_lora(base, root / "weak", weak, steps=int(os.environ.get("REL_WEAK_STEPS", 120))),
-           "strong": sft_lora(base, root / "strong", gold, steps=int(os.environ.get("REL_STRONG_STEPS", 240)))}
+    weak = [(p, json.dumps({"intent": i, "order": o})) for p, i, o in train]
+    out = {"base": base, "weak": sft_lora(base, root / "weak", weak, steps=150),
+           "strong": sft_lora(base, root / "strong", gold, steps=250)}
     out["noisy"] = noisy_copy(out["strong"], root / "noisy", scale=0.5)
     out["eval"] = [p for p, _, _ in demo_prompts(48, seed=2)]
     return out
