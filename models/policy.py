@@ -101,7 +101,11 @@ class ActorCritic(nn.Module):
         self.reward_head: ScalarHead | None = None
         self.reward_norm = (0.0, 1.0)
         self._tuner_layers = [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
-        for name, p in self.lm.named_parameters():  # train exactly the policy and value adapters
+        self._set_trainable()
+
+    def _set_trainable(self) -> None:
+        """Train exactly the policy and value adapters (and the value head); everything else is frozen."""
+        for name, p in self.lm.named_parameters():
             p.requires_grad_(".policy." in name or ".value." in name)
 
     # ------------------------------------------------------------------ role switching
@@ -110,10 +114,8 @@ class ActorCritic(nn.Module):
         """Activate the adapters of ``name`` ∈ {policy, reference, value, reward} for the block."""
         init = ["init"] if self.has_init else []
         adapters = {"policy": init + ["policy"], "reference": init, "value": init + ["value"], "reward": ["reward"]}[name]
-        if not adapters:
-            with self.lm.disable_adapter():
-                yield
-            return
+        # no active adapter = the bare base (peft's disable_adapter() would re-run set_adapter on exit, freezing
+        # every inactive adapter's parameters)
         previous = [m._active_adapter for m in self._tuner_layers]
         for m in self._tuner_layers:
             m._active_adapter = list(adapters)
@@ -186,6 +188,7 @@ class ActorCritic(nn.Module):
         base = self.lm.get_base_model()
         self.reward_head = ScalarHead(base.config.hidden_size).to(base.device, base.dtype).requires_grad_(False)
         self.reward_head.load(folder / "score_head.safetensors")
+        self._set_trainable()
         norm = meta.get("normalisation") or meta.get("normalization") or {}
         self.reward_norm = (float(norm.get("mean", meta.get("mean", 0.0))),
                             float(norm.get("std", meta.get("std", 1.0))) or 1.0)

@@ -35,6 +35,8 @@ def test_reference_is_the_base_and_roles_are_independent(tiny_base, tiny_task):
         logits = fresh(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
     expect = logprobs_from_logits(logits[:, -R - 1:-1], ids[:, -R:])
     assert torch.equal(ref, expect)  # exactly the base: no second copy needed
+    trainable = {n for n, p in ac.named_parameters() if p.requires_grad}
+    assert any(".value." in n for n in trainable) and any(".policy." in n for n in trainable)  # role switches keep both
     with torch.no_grad():
         logprobs, entropy, values = ac(ids, mask, R)
     assert not torch.allclose(logprobs, ref)  # the policy adapter is in use

@@ -130,10 +130,11 @@ def test_two_ddp_processes_keep_identical_adapters(tiny_base, tiny_task, tmp_pat
     out = tmp_path / "ddp"
     out.mkdir()
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    cmd = ([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = ([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
             "--dynamo_backend", "no", "--main_process_port", "29517"] if launcher else
            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # `--multi_gpu` = torchrun-style DDP; without a GPU the trainer picks gloo on CPU
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd + [str(script), str(tiny_base), str(out), str(prompts_file)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

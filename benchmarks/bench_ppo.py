@@ -1,0 +1,246 @@
+"""Our PPO vs TRL 1.12.0's ``trl.experimental.ppo``, side by side in one run, on the tiny model and a ~100M Llama.
+
+Same prompts (demo triage chats), batch 8, response length 32, 1 PPO epoch, 1 minibatch, LoRA r=8 on q_proj/v_proj,
+float32, the same Python reward (wrapped in an ``nn.Module`` for TRL, whose PPO wants a reward *model*). Each side
+runs in its own process (TRL in a throwaway venv ``.venv-trl`` that this script creates on first use), so peak RSS
+is per side. Prints seconds per PPO update (mean after the first), peak RSS, the ratios, and achieved FLOP/s as a
+fraction of a float32 matmul peak measured in the same run.
+
+    .venv/bin/python benchmarks/bench_ppo.py [--updates 4] [--sizes tiny,100m] [--json out.json]
+
+FLOPs per update are counted analytically (2·params·tokens per forward; a LoRA backward ≈ 1 forward, a full-weight
+backward ≈ 2 forwards; generation = prefill + one token per step). Ours per update: generate, reference forward,
+policy+value forward and backward (the rollout's old log-probs/values are the detached training forward).
+TRL per update: generate, policy/reference/value forwards, then policy (LoRA) and value (full model) forward+backward.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TRL_VENV = ROOT / ".venv-trl"
+SIZES = {"tiny": None, "100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                    num_key_value_heads=12, intermediate_size=2560)}
+
+COMMON = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch
+    model_dir, prompts_file, updates = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    chats = json.loads(open(prompts_file).read())
+    def reward(completions):
+        # the same Python reward on both sides: valid-looking JSON gets more
+        return [float(c.strip().startswith("{")) + 0.1 * min(len(c), 40) / 40 for c in completions]
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+""")
+
+OURS = COMMON + textwrap.dedent("""
+    sys.path.insert(0, sys.argv[4])
+    from models.trainer import PPOConfig, PPOTrainer
+    cfg = PPOConfig(steps=updates, batch_size=8, samples_per_prompt=1, max_new_tokens=32, ppo_epochs=1,
+                    num_minibatches=1, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"],
+                    missing_eos_penalty=None, checkpoint_every=10**6, progress=False, learning_rate=1e-4)
+    import tempfile
+    trainer = PPOTrainer(cfg, model_dir, chats, lambda p, c: reward(c), tempfile.mkdtemp(), dtype="float32", device="cpu")
+    stamps, lengths = [time.perf_counter()], []
+    def on_step_end(step, m):
+        stamps.append(time.perf_counter()); lengths.append(m["charts/response_length"])
+    trainer.train(resume=False, on_step_end=on_step_end)
+    print("RESULT " + json.dumps({"times": [b - a for a, b in zip(stamps, stamps[1:])], "peak_mb": peak_mb(),
+                                  "response_length": lengths}))
+""")
+
+TRL = COMMON + textwrap.dedent("""
+    import warnings; warnings.filterwarnings("ignore")
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    class Backbone(torch.nn.Module):
+        def forward(self, input_ids, **kw):
+            texts = tok.batch_decode(input_ids[:, context_length:], skip_special_tokens=True)
+            r = torch.tensor(reward(texts), dtype=torch.float32)[:, None, None].expand(-1, input_ids.shape[1], 1)
+            return type("Out", (), {"hidden_states": [r]})()
+    class PythonReward(torch.nn.Module):  # TRL's PPO calls backbone + .score: wrap the Python reward
+        base_model_prefix = "backbone"
+        def __init__(self):
+            super().__init__(); self.backbone = Backbone(); self.score = torch.nn.Identity()
+    ids = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ids]
+    context_length = max(map(len, ids))
+    ds = Dataset.from_dict({"input_ids": ids})
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    value = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+    value.config.pad_token_id = tok.pad_token_id
+    args = PPOConfig(output_dir=tempfile.mkdtemp() if False else "/tmp/trl-bench-out", per_device_train_batch_size=8,
+                     gradient_accumulation_steps=1, num_ppo_epochs=1, num_mini_batches=1, response_length=32,
+                     total_episodes=8 * updates, learning_rate=1e-4, report_to="none", use_cpu=True,
+                     num_sample_generations=0, save_strategy="no", logging_strategy="no", seed=0,
+                     local_rollout_forward_batch_size=8, kl_coef=0.05)
+    stamps = [time.perf_counter()]
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=PythonReward(),
+                         train_dataset=ds, value_model=value, peft_config=LoraConfig(r=8, lora_alpha=16,
+                         lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+                         callbacks=[Clock()])
+    stamps[0] = time.perf_counter()
+    trainer.train()
+    print("RESULT " + json.dumps({"times": [b - a for a, b in zip(stamps, stamps[1:])], "peak_mb": peak_mb()}))
+""").replace("import tempfile\n", "").replace("tempfile.mkdtemp() if False else ", "")
+
+
+def ensure_trl_venv() -> Path:
+    """Create ``.venv-trl`` (torch==2.13.0 first, then trl==1.12.0 constrained to it) unless it already works."""
+    py = TRL_VENV / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import trl.experimental.ppo"], capture_output=True).returncode == 0:
+        return py
+    print("creating .venv-trl (torch==2.13.0 + trl==1.12.0), a few minutes ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["-U", "pip"], check=True)
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
+        fh.write("torch==2.13.0\n")
+    subprocess.run(pip + ["-c", fh.name, "trl==1.12.0", "peft", "accelerate"], check=True)
+    return py
+
+
+def build_models(work: Path, sizes: list[str]) -> dict[str, Path]:
+    import random
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from flywheel import demo_data as dd
+    from models.tiny import build_tiny_model
+
+    rng = random.Random(0)
+    corpus = [m["content"] for _ in range(400) for m in dd.make_prompt(rng)[0]] + \
+             [dd.gold_completion(i, str(rng.randint(100000, 999999))) for i in dd.INTENTS for _ in range(40)]
+    out = {"tiny": build_tiny_model(work / "tiny", corpus, seed=0)}
+    if "100m" in sizes:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(out["tiny"])
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=512, tie_word_embeddings=True,
+                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                          **SIZES["100m"])
+        LlamaForCausalLM(cfg).save_pretrained(work / "100m")
+        tok.save_pretrained(work / "100m")
+        out["100m"] = work / "100m"
+    return out
+
+
+def model_facts(path: Path) -> dict:
+    cfg = json.loads((path / "config.json").read_text())
+    h, L, i, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
+    return {"matmul_params": L * (4 * h * h + 3 * h * i) + h * v, "layers": L, "hidden": h}
+
+
+def flops_per_update(facts: dict, batch: int, prompt_len: float, resp: float, side: str) -> float:
+    """Analytic FLOPs of one PPO update (see the module docstring)."""
+    n, L, h = facts["matmul_params"], facts["layers"], facts["hidden"]
+    seq = prompt_len + resp
+    fwd = batch * seq * (2 * n + 4 * L * h * seq)  # one forward over the batch (matmuls + attention scores)
+    gen = batch * prompt_len * 2 * n + batch * sum(2 * n + 4 * L * h * (prompt_len + t) for t in range(int(resp)))
+    if side == "ours":
+        return gen + fwd * (1 + 2 + 2)  # reference fwd; policy fwd+bwd(LoRA); value fwd+bwd(LoRA)
+    return gen + fwd * (3 + 2 + 3)  # policy/ref/value fwd; policy fwd+bwd(LoRA); value fwd+bwd(full)
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """Best float32 GEMM FLOP/s of this process (default threads) on 1024² × 1024²."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * 1024 ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def run_side(python: Path, script: str, model: Path, prompts: Path, updates: int, work: Path) -> dict:
+    path = work / f"side_{abs(hash(script)) % 10**8}.py"
+    path.write_text(script)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
+    proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT)],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{python} {path} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--updates", type=int, default=4, help="PPO updates per side and size (the first is not timed)")
+    ap.add_argument("--sizes", default="tiny,100m")
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    sizes = args.sizes.split(",")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_ppo_"))
+    work.mkdir(parents=True, exist_ok=True)
+    trl_py = ensure_trl_venv()
+    load = os.getloadavg()
+    models = build_models(work, sizes)
+    import random
+
+    from flywheel import demo_data as dd
+    from transformers import AutoTokenizer
+    rng = random.Random(1)
+    chats = [dd.make_prompt(rng)[0] for _ in range(64)]
+    (work / "prompts.json").write_text(json.dumps(chats))
+    tok = AutoTokenizer.from_pretrained(models["tiny"])
+    prompt_len = sum(len(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True)["input_ids"])
+                     for c in chats) / len(chats)
+    peak = matmul_peak()
+    rows = []
+    for size in sizes:
+        facts = model_facts(models[size])
+        res = {}
+        for side, python, script in (("ours", Path(sys.executable), OURS), ("trl", trl_py, TRL)):
+            r = run_side(python, script, models[size], work / "prompts.json", args.updates, work)
+            timed = r["times"][1:] or r["times"]
+            s = sum(timed) / len(timed)
+            flops = flops_per_update(facts, 8, prompt_len, 32, side)
+            res[side] = {"s_per_update": s, "peak_rss_mb": r["peak_mb"], "flops_per_update": flops,
+                         "achieved_gflops": flops / s / 1e9, "fraction_of_peak": flops / s / peak,
+                         "times": r["times"]}
+            print(f"{size:>5} {side:>4}: {s:7.3f} s/update  peak RSS {r['peak_mb']:7.0f} MB  "
+                  f"{flops / s / 1e9:6.1f} GFLOP/s ({100 * flops / s / peak:4.1f} % of peak)", flush=True)
+        rows.append({"size": size, "params_matmul": facts["matmul_params"], **res,
+                     "time_ratio": res["ours"]["s_per_update"] / res["trl"]["s_per_update"],
+                     "memory_ratio": res["ours"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]})
+    print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s; load average at start {load[0]:.2f} "
+          f"({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, LoRA r=8 q/v")
+    print(f"{'size':>5} | {'ours s/upd':>10} | {'TRL s/upd':>9} | {'time ratio':>10} | {'ours MB':>7} | "
+          f"{'TRL MB':>7} | {'mem ratio':>9} | {'ours %peak':>10} | {'TRL %peak':>9}")
+    for r in rows:
+        print(f"{r['size']:>5} | {r['ours']['s_per_update']:10.3f} | {r['trl']['s_per_update']:9.3f} | "
+              f"{r['time_ratio']:10.2f} | {r['ours']['peak_rss_mb']:7.0f} | {r['trl']['peak_rss_mb']:7.0f} | "
+              f"{r['memory_ratio']:9.2f} | {100 * r['ours']['fraction_of_peak']:10.1f} | "
+              f"{100 * r['trl']['fraction_of_peak']:9.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "load_average": load[0],
+                                         "prompt_tokens": prompt_len, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
