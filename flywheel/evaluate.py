@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -488,6 +488,30 @@ def mlflow_logger(tracking_uri: str, experiment_id: str, run_name: str):
     return log_run
 
 
+def judge_pairwise(cfg) -> PairwiseFn | None:
+    """Pairwise LLM judge from ``rewards.judge`` and the first ``llm_judge`` component's rubric; None if not configured.
+
+    ``judge_pairs`` already asks both orders and counts a win only when they agree; cached verdicts make the
+    second (mirrored) call free.
+    """
+    if not cfg.rewards.judge.base_url:
+        return None
+    from flywheel.judge_stage import components_of
+    from flywheel.rewards.judge import JudgeClient, load_rubric
+    from flywheel.rewards.pairwise import judge_pairs
+
+    rubrics = [c.params.get("rubric") for c in components_of(cfg) if c.kind == "llm_judge" and c.params.get("rubric")]
+    if not rubrics:
+        return None
+    client, rubric = JudgeClient.from_config(cfg.rewards.judge, cfg.state), load_rubric(rubrics[0])
+    value = {"a": 1.0, "b": 0.0, "tie": 0.5, None: math.nan}
+
+    def pairwise(prompts: list[Prompt], a: list[str], b: list[str]) -> list[float]:
+        return [value[o] for o in judge_pairs(client, rubric, prompts, a, b).outcomes]
+
+    return pairwise
+
+
 def run_evaluation(cfg, candidate_dir: str | Path, snapshot_uri: str | Path | None, *, scored=None,
                    score: ScoreFn | None = None, kinds: dict[str, str] | None = None, pairwise: PairwiseFn | None = None,
                    base_model: str | None = None, out_dir: str | Path | None = None) -> EvaluationResult:
@@ -512,6 +536,8 @@ def run_evaluation(cfg, candidate_dir: str | Path, snapshot_uri: str | Path | No
 
         composite = build_online_reward(cfg, scored)
         score, kinds = composite.score, {s.name: s.kind for s in composite.specs}
+    if pairwise is None and champ_version is not None:
+        pairwise = judge_pairwise(cfg)
     policies = HFPolicies(base_model or resolve_base_model(cfg, tags), adapters, cfg.evaluate)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     out = Path(out_dir or cfg.state / "reports" / f"eval-{stamp}-{Path(candidate_dir).name}")

@@ -13,12 +13,13 @@ previous weights, and (configurable) the registry's champion alias is rolled bac
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 from pydantic import BaseModel
@@ -115,8 +116,8 @@ def start_server(cfg: ServeConfig, base_model: str | Path, adapters: dict[str, s
         raise FileNotFoundError(f"serve.command: {exe} not found; build the vLLM environment with `make vllm-env`")
     log = Path(log_path)
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(cmd, env=server_env(cfg), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=server_env(cfg), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{cfg.host}:{port or cfg.port}"
     try:
         took = wait_healthy(url, cfg.startup_timeout_s, proc, log)
@@ -202,11 +203,11 @@ def smoke_test(url: str, model: str, prompts: list[list[dict]], check: CheckFn |
             a, ms = chat(url, model, p, max_tokens)
             answers.append(a)
             lat.append(ms)
-    except Exception as e:  # an adapter that cannot answer fails the smoke test
+    except Exception as e:  # noqa: BLE001  (an adapter that cannot answer fails the smoke test)
         return SmokeResult(passed=False, pass_rate=0.0, n=len(prompts), answers=answers, latency_ms=lat,
                            error=f"{type(e).__name__}: {e}"[:500])
     scores = check(prompts, answers) if check else [float(bool(a)) for a in answers]
-    rate = sum(1.0 for s in scores if s == s and s >= 0.5) / max(1, len(scores))
+    rate = sum(1.0 for s in scores if not math.isnan(s) and s >= 0.5) / max(1, len(scores))
     return SmokeResult(passed=rate >= min_pass_rate, pass_rate=rate, n=len(prompts), answers=answers, latency_ms=lat)
 
 

@@ -1,6 +1,7 @@
 """End to end on real models + MLflow (SQLite): a degraded candidate is rejected and stays challenger, a better one is
 promoted, `flywheel rollback` brings the previous champion back."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,8 +20,8 @@ def _cfg(state_dir, golden):
 
 
 def test_degraded_candidate_fails_the_gate_better_one_is_promoted_and_rollback_restores(tiny, scorer, state_dir, tmp_path):
-    from flywheel.cli.app import app
     import flywheel.cli  # noqa: F401  (registers the commands)
+    from flywheel.cli.app import app
     from flywheel.evaluate import run_evaluation
     from flywheel.promote import registry_state
     from flywheel.tracking import tracking_uri
@@ -49,9 +50,9 @@ def test_degraded_candidate_fails_the_gate_better_one_is_promoted_and_rollback_r
     assert not ev2.passed and not gates["total_gain"].passed and gates["total_gain"].value < 0
     assert rel2.decision == "rejected"
     assert registry_state(uri, "support-bot")["aliases"] == {"champion": 1, "challenger": 2, "previous": None}
-    report = json.loads(open(ev2.report_json).read())
+    report = json.loads(Path(ev2.report_json).read_text())
     assert report["report"]["reference"] == "champion" and report["report"]["champion_version"] == 1
-    assert "REJECTED" in open(ev2.report_html).read()
+    assert "REJECTED" in Path(ev2.report_html).read_text()
 
     # 3. the better candidate beats the champion with a CI above 0, keeps every rule, and is promoted
     ev3, rel3 = release(tiny["strong"])

@@ -7,8 +7,16 @@ import pytest
 
 from flywheel.config.release import EvaluateConfig, GatesConfig
 from flywheel.evaluate import (
-    EvalSet, bootstrap_mean_ci, build_report, decide, evaluate_candidate, holdout_split, load_eval_set,
-    paired_diff_ci, read_golden_set, win_rate,
+    EvalSet,
+    bootstrap_mean_ci,
+    build_report,
+    decide,
+    evaluate_candidate,
+    holdout_split,
+    load_eval_set,
+    paired_diff_ci,
+    read_golden_set,
+    win_rate,
 )
 
 CFG = EvaluateConfig(bootstrap_samples=500)
@@ -50,13 +58,13 @@ def test_win_rate_cancels_position_bias():
     assert win_rate([float("nan")], [1.0]) is None
 
 
-def _report(cand, champ, base, *, kl=None, lengths=None, win=None, gates=GatesConfig()):
+def _report(cand, champ, base, *, kl=None, lengths=None, win=None, gates=None):
     prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(len(cand["total"]))]
     scores = {"candidate": cand, "champion": champ, "base": base}
     responses = {r: ["x" * 10] * len(prompts) for r in scores}
     measures = {r: {"kl": (kl or {}).get(r), "length": (lengths or {}).get(r)} for r in scores}
     report = build_report(responses, scores, {"json": "rule", "rm": "reward_model"}, measures, CFG, prompts, 3, win)
-    return report, decide(report, gates)
+    return report, decide(report, gates or GatesConfig())
 
 
 def _scores(rng, n, json_rate, rm_mean):
@@ -110,7 +118,7 @@ def test_monitors_flag_length_drift_entropy_collapse_and_kl_spike():
 
 
 def test_eval_set_is_held_out_newest_prompts_plus_golden(tmp_path):
-    msgs = lambda t: json.dumps([{"role": "user", "content": t}])  # noqa: E731
+    msgs = lambda t: json.dumps([{"role": "user", "content": t}])
     df = pd.DataFrame({
         "timestamp": pd.to_datetime(["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"], utc=True),
         "messages": [msgs("a"), msgs("b"), msgs("c"), msgs("a"), msgs("e")],
@@ -147,3 +155,30 @@ def test_evaluate_candidate_writes_report_and_decision(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "PROMOTABLE" in html and html.count("data:image/png;base64") >= 2
     assert len((tmp_path / "responses.jsonl").read_text().splitlines()) == 40
+
+
+def test_win_rate_gate_with_a_pairwise_judge_over_http(state_dir, tmp_path):
+    """The configured judge (a local OpenAI-compatible server replaying a 'prefers the longer answer' opinion)."""
+    from flywheel.config import load_config
+    from flywheel.evaluate import judge_pairwise
+    from flywheel.rewards.replay_server import ReplayServer
+
+    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
+    es = EvalSet(prompts=prompts, references=[None] * 12, source=["logs"] * 12)
+
+    def score(ps, cs):
+        return {"total": [1.0] * len(cs)}
+
+    with ReplayServer() as srv:
+        cfg = load_config(None, overrides={
+            "project.state_dir": str(state_dir), "rewards.judge.base_url": srv.base_url,
+            "rewards.components": [{"name": "helpful", "kind": "llm_judge", "params": {"rubric": "helpfulness"}}]})
+        pairwise = judge_pairwise(cfg)
+        for cand, champ, wins in (("a detailed answer", "short", True), ("short", "a detailed answer", False)):
+            answers = {"candidate": cand, "champion": champ, "base": "x"}
+            res = evaluate_candidate(es, lambda role, ps, a=answers: [a[role]] * len(ps), score, CFG,
+                                     tmp_path / cand[:5], pairwise=pairwise, has_champion=True, champion_version=1)
+            gate = {g.name: g for g in res.decision.gates}["win_rate"]
+            assert gate.passed is wins and res.summary["win_rate"] == (1.0 if wins else 0.0)
+        # both orders of each prompt judged once over HTTP; mirrored calls and the swapped scenario come from the cache
+        assert srv.calls == 2 * 12
