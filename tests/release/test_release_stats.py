@@ -92,7 +92,7 @@ def test_gates_pass_for_a_better_candidate_and_name_each_failure():
     assert by["total_gain"].passed and not by["rule_json"].passed and not decision.passed
     assert "rule 'json' pass rate" in decision.reason
 
-    _, decision = _report(better, champ, base, kl={"candidate": [50.0] * 200})
+    _, decision = _report(better, champ, base, kl={"candidate": [500.0] * 200})
     assert not {g.name: g for g in decision.gates}["kl"].passed
 
     _, decision = _report(champ, champ, base)  # no gain: CI lower bound is 0, not > 0
