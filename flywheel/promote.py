@@ -223,7 +223,8 @@ def rollback(*, tracking_uri: str, model_name: str, state_dir: str | Path, reaso
         if expected_champion is not None and champ != expected_champion:
             raise PromotionError(f"{model_name}: champion is v{champ}, not v{expected_champion}; rollback skipped")
         if prev is None:
-            raise PromotionError(f"{model_name}: no 'previous' version to roll back to (champion v{champ})")
+            now = f"champion v{champ}" if champ is not None else "no champion either"
+            raise PromotionError(f"{model_name}: no 'previous' version to roll back to ({now})")
         client.set_registered_model_alias(model_name, CHAMPION, str(prev))
         if champ is not None:
             client.set_model_version_tag(model_name, str(champ), "rolled_back",
