@@ -116,3 +116,13 @@ def test_parallel_parse_gives_the_same_snapshot(demo_logs, tmp_path):
     two = observe(SourceConfig(uri=str(logs), parse_workers=2, parallel_min_bytes=0), tmp_path / "two")
     assert "parse_cpu" in two.seconds and one.snapshot_hash == two.snapshot_hash
     assert pq.read_table(one.snapshot_uri).equals(pq.read_table(two.snapshot_uri))
+
+
+def test_ingest_leaves_nothing_in_the_temp_folder(demo_logs, state_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))             # GX's ephemeral context has no docs site
+    ingest(demo_logs[0], state_dir)
+    assert list(tmp.iterdir()) == []
