@@ -48,10 +48,10 @@ class PPOConfig:
     max_prompt_len: int = 256  # prompts are left-truncated to this many tokens
     temperature: float = 1.0  # sampling temperature; log-probs use the same scaling
     top_p: float = 1.0  # nucleus sampling
-    ppo_epochs: int = 1  # passes over each rollout batch
-    num_minibatches: int = 1  # optimizer steps per epoch
+    ppo_epochs: int = 4  # passes over each rollout batch
+    num_minibatches: int = 2  # optimizer steps per epoch
     grad_accum: int = 1  # micro-batches per minibatch (gradient accumulation)
-    learning_rate: float = 2e-3  # AdamW learning rate (LoRA on a tiny model tolerates a large one)
+    learning_rate: float = 3e-3  # AdamW learning rate (LoRA on a tiny model tolerates a large one)
     lr_schedule: str = "constant"  # constant | linear (decay to 0 at `steps`)
     warmup_steps: int = 0  # linear warm-up updates
     max_grad_norm: float = 1.0  # global gradient clipping

@@ -55,6 +55,22 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def refund_reward(prompts, completions):
+    """A learnable rule: +1 for valid JSON whose intent is "refund", 0 for valid JSON, -1 otherwise.
+
+    >>> refund_reward([[]] * 3, ['{"intent": "refund", "order_id": "1"}', '{"intent": "x"}', 'oops'])
+    [1.0, 0.0, -1.0]
+    """
+    out = []
+    for c in completions:
+        try:
+            obj = json.loads(c)
+        except ValueError:
+            obj = None
+        out.append(-1.0 if not isinstance(obj, dict) else float(obj.get("intent") == "refund"))
+    return out
+
+
 @pytest.fixture(name="intent_reward", scope="session")
 def intent_reward_fixture():
     return intent_reward

@@ -23,19 +23,24 @@ def small_config(**kw) -> PPOConfig:
 
 
 @pytest.mark.slow
-def test_ppo_raises_a_learnable_rule_reward_with_bounded_kl(tiny_base, tiny_task, intent_reward, tmp_path):
+def test_ppo_raises_a_learnable_rule_reward_with_bounded_kl(tiny_base, tiny_task, tmp_path):
+    """The base answers JSON with a random intent; the rule rewards valid JSON naming "refund"."""
+    from conftest import refund_reward  # noqa: PLC0415  (tests/models/conftest.py)
+
     prompts = [p for p, _, _ in tiny_task]
-    result = train_ppo(small_config(steps=30, seed=0), tiny_base, prompts, intent_reward, tmp_path / "run")
+    cfg = small_config(steps=15, seed=0, batch_size=16, ppo_epochs=4, num_minibatches=2, learning_rate=3e-3,
+                       init_kl_coef=0.05)
+    result = train_ppo(cfg, tiny_base, prompts, refund_reward, tmp_path / "run")
     scores = [m["objective/scores"] for m in result.history]
-    start, end = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-    print(f"reward {start:.3f} -> {end:.3f}; kl {[round(m['objective/kl'], 3) for m in result.history[-5:]]}")
-    assert end > start + 0.3, scores
-    assert max(m["objective/kl"] for m in result.history) < 10.0
-    assert all(m["policy/clipfrac"] <= 1 for m in result.history)
+    start, end = sum(scores[:4]) / 4, sum(scores[-4:]) / 4
+    print(f"reward {start:.3f} -> {end:.3f}; kl {[round(m['objective/kl'], 2) for m in result.history]}")
+    assert end > start + 0.2, scores
+    assert max(m["objective/kl"] for m in result.history) < 25.0  # nats per response, against the base
+    assert all(0 <= m["policy/clipfrac"] <= 1 for m in result.history)
     # the written adapter loads on the base and is the trained policy
     assert (Path(result.adapter_dir) / "adapter_config.json").is_file()
     assert (Path(result.value_dir) / "score_head.safetensors").is_file()
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 30
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 15
 
 
 RUN_SCRIPT = textwrap.dedent("""
