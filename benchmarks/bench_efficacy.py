@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sft-epochs", type=int, default=4)
     ap.add_argument("--pretrain-epochs", type=int, default=2)
     ap.add_argument("--pretrain-chats", type=int, default=800)
-    ap.add_argument("--rm-epochs", type=int, default=3)
+    ap.add_argument("--rm-epochs", type=int, default=2)
     ap.add_argument("--ppo-steps", type=int, default=60)
     ap.add_argument("--ppo-lr", type=float, default=None)
     ap.add_argument("--ppo-kl", type=float, default=None)
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"(newest day {logs.days[-1]})", flush=True)
 
     cfg = load_config(None, {"project.state_dir": str(state), "source.uri": str(work / "logs"),
-                             "train.seed": args.seed})
+                             "train.seed": args.seed, "rewards.reward_model.epochs": args.rm_epochs,
+                             "rewards.reward_model.max_length": 192})
     t = time.perf_counter()
     base = warm_start.build_base(warm_start.resolve_base("tiny", state), train_rows, pretrain_epochs=args.pretrain_epochs,
                                  max_pretrain_chats=args.pretrain_chats, seed=args.seed)

@@ -126,6 +126,7 @@ def _fill(record: NightRecord, candidate: Any, evaluation: Any, release: Any, de
     record.eval_run_id, record.eval_report_html = evaluation.run_id, evaluation.report_html
     record.gain, record.gain_ci = s.get("gain"), s.get("gain_ci")
     report = json.loads(Path(evaluation.report_json).read_text())
+    report = report.get("report", report)  # {"report": EvalReport, "decision": Decision}
     roles, reference = report["roles"], report.get("reference", "champion")
     cand_total = roles["candidate"]["components"].get("total") or {}
     ref_total = (roles.get(reference) or {}).get("components", {}).get("total") or {}

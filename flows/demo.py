@@ -20,8 +20,8 @@ from typing import Any
 from flywheel import demo_data
 
 # Sizes: full = `make demo` (target <= 10 min on 2 cores), fast = tests and smoke checks.
-FULL = dict(rows_per_day=1500, train_steps=40, sft_epochs=6, eval_prompts=200)
-FAST = dict(rows_per_day=240, train_steps=4, sft_epochs=2, eval_prompts=48)
+FULL = dict(rows_per_day=800, train_steps=30, sft_epochs=4, eval_prompts=120, rm_epochs=2, max_prompts=400)
+FAST = dict(rows_per_day=240, train_steps=3, sft_epochs=2, eval_prompts=32, rm_epochs=1, max_prompts=64)
 
 
 class DemoError(RuntimeError):
@@ -33,7 +33,8 @@ def demo_config(out: Path, sizes: dict, seed: int) -> dict[str, Any]:
     return {
         "project": {"name": "support-bot", "state_dir": str((out / "state").resolve())},
         "source": {"uri": str((out / "logs").resolve())},
-        "train": {"seed": seed, "steps": sizes["train_steps"]},
+        "train": {"seed": seed, "steps": sizes["train_steps"], "max_prompts": sizes["max_prompts"]},
+        "rewards": {"reward_model": {"epochs": sizes["rm_epochs"], "max_length": 192}},
         "evaluate": {"max_prompts": sizes["eval_prompts"]},
     }
 

@@ -17,6 +17,19 @@ from flywheel.cli.app import app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# Offline, quiet defaults for every flow command (the Makefile exports the same); a busy laptop may need more than
+# Prefect's default 20 s to start its temporary server.
+_ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
+def _env_defaults() -> None:
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
 
 def _config(config: Path | None, state: Path | None = None, source: str | None = None):
     from flywheel.config import ConfigError, load_config
@@ -40,6 +53,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the demo logs and of training."),
 ) -> None:
     """The whole cycle offline: 3 days of logs, day-0 champion, two nightly flows, summary table and report."""
+    _env_defaults()
     from flows.demo import DemoError, run_demo
 
     try:
@@ -57,6 +71,7 @@ def run(
     source: str = typer.Option(None, "--source", help="Override source.uri."),
 ) -> None:
     """Run one night of the continuous-improvement flow now (observe ... deploy)."""
+    _env_defaults()
     cfg = _config(config, state, source)
     from flows.continuous_improvement import StageFailed, continuous_improvement
 
@@ -76,6 +91,7 @@ def bootstrap(
     day: str = typer.Option(None, "--day", help="Use logs up to this day (YYYY-MM-DD); default all."),
 ) -> None:
     """Day 0: build or load the base, SFT it on the logged answers production marked good, register the first champion."""
+    _env_defaults()
     cfg = _config(config, state, source)
     from flows.bootstrap import bootstrap_champion
     from flows.continuous_improvement import StageFailed
