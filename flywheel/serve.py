@@ -336,14 +336,14 @@ def deploy_champion(cfg, prompts_file: str | Path | None = None, check: CheckFn 
 
     info = read_server_info(cfg.state)
     url = url or cfg.serve.url or (info.url if info else f"http://{cfg.serve.host}:{cfg.serve.port}")
-    name, version, local, _ = fetch_champion(cfg)
+    _, name, version, mv = _registry(cfg)
     try:
         httpx.get(f"{url}/health", timeout=5).raise_for_status()
     except httpx.HTTPError:
         return DeployResult(status="skipped", endpoint=url, adapter=adapter_name(name, version),
                             serving=cfg.serve.adapter_name, version=version,
                             reason=f"no vLLM server at {url}: start one with `flywheel serve` (champion v{version} stays in the registry)")
-    _, _, _, mv = _registry(cfg)
+    name, version, local, _ = fetch_champion(cfg)
 
     def on_failure() -> bool:
         if not cfg.serve.rollback_registry_on_failure:

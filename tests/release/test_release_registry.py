@@ -172,3 +172,23 @@ def test_manifests_are_rendered_with_the_champion_uri_and_base_model(state_dir, 
     compose = yaml.safe_load(files["docker-compose.yaml"].read_text())
     assert "--model=tiny-base" in compose["services"]["vllm"]["command"]
     assert all("${" not in p.read_text() for p in files.values())  # every placeholder filled
+
+
+def test_deploy_is_skipped_and_says_why_without_a_server_or_a_new_champion(state_dir, adapters):
+    import socket
+
+    from flywheel.config import load_config
+    from flywheel.serve import deploy_champion
+    from tasks.deploy import deploy_champion as deploy_task
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    cfg = load_config(None, overrides={"project.state_dir": str(state_dir), "serve.port": port})
+    with pytest.raises(ValueError, match="no champion yet"):
+        deploy_champion(cfg)
+    rel = _promote(tracking_uri(state_dir), state_dir, adapters[0], True, None)
+    result = deploy_champion(cfg)
+    assert result.status == "skipped" and "no vLLM server" in result.reason and result.version == 1
+    rejected = rel.model_copy(update={"decision": "rejected", "version": 2})
+    assert deploy_task.fn(cfg, rejected).status == "skipped"
