@@ -33,7 +33,7 @@ from flywheel.schema import SNAPSHOT_COLUMNS
 
 KEY_FIELDS = ("request_id", "timestamp", "task", "model_version", "messages", "completion")
 CHECK_COLUMNS = ["request_id", "timestamp", "task", "model_version", "completion", "comment", "thumbs", "latency_ms",
-                 "_n_messages", "_max_content_chars", "_roles", "_errors", "_decoded"]
+                 "_n_messages", "_max_content_chars", "_roles", "_errors", "_decoded", "source_object", "source_line"]
 BATCH_ROWS = 64 * 1024
 
 
@@ -119,15 +119,20 @@ def _check_frame(table: pa.Table, rows: np.ndarray):
     return frame
 
 
-def _later_duplicates(ids: pa.ChunkedArray) -> np.ndarray:
-    """True for every non-null id already seen in an earlier row (the first occurrence stays clean)."""
-    ids = ids.combine_chunks()
+def _later_duplicates(table: pa.Table) -> np.ndarray:
+    """True for every non-null request_id already seen on an earlier line (the first occurrence stays clean).
+
+    "Earlier" is log order (object, then line), not snapshot order: observe writes each object's well-formed lines
+    before its odd ones, and which line of a duplicated pair is kept must not depend on that.
+    """
+    ids = table["request_id"].combine_chunks()
     codes = pc.dictionary_encode(ids).indices.fill_null(-1).to_numpy()
-    valid = ids.is_valid().to_numpy(zero_copy_only=False)
+    objects = pc.dictionary_encode(table["source_object"].combine_chunks()).indices.to_numpy()  # first-seen order
+    order = np.lexsort((table["source_line"].to_numpy(), objects))
     first = np.zeros(len(codes), dtype=bool)
-    _, where = np.unique(codes, return_index=True)
-    first[where] = True
-    return valid & ~first
+    _, where = np.unique(codes[order], return_index=True)
+    first[order[where]] = True
+    return ids.is_valid().to_numpy(zero_copy_only=False) & ~first
 
 
 def _context():
@@ -198,7 +203,7 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     # 2. the contract's suite
     rows = np.flatnonzero(decoded)
     suite_failures = run_suite(_check_frame(table, rows), contract.build_suite, cfg.limits, now) if len(rows) else {}
-    later_dup = _later_duplicates(table["request_id"])
+    later_dup = _later_duplicates(table)
     del table
     for name, idx in suite_failures.items():
         if name.startswith("duplicate:"):
