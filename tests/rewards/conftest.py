@@ -70,3 +70,14 @@ def tiny_base(demo_logs, tmp_path_factory):
     texts = [m["content"] for g in gold for m in g["messages"]] + [g["logged_completion"] for g in gold]
     out = tmp_path_factory.mktemp("tiny-base")
     return str(build_tiny_model(out, texts, hidden_size=96, num_layers=2, intermediate_size=256, pretrain_epochs=0))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Reward-model training on a shared 2-core box: one intra-op thread avoids OpenMP spin contention (10x here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,7 +26,7 @@ def config(state_dir, tiny_base, judge_url=None, **rm):
         "project.state_dir": str(state_dir),
         "rewards.components": comps,
         "rewards.judge": {"base_url": judge_url, "backoff_s": 0.01} if judge_url else {},
-        "rewards.reward_model": {"backbone": tiny_base, "epochs": 1, "min_labels": 50, "max_length": 160,
+        "rewards.reward_model": {"backbone": tiny_base, "epochs": 1, "min_labels": 50, "max_length": 64,
                                  "refresh_min_new_labels": 100, **rm},
     })
 
@@ -74,7 +74,7 @@ def test_judge_stage_scores_caches_and_reuses(state_dir, tmp_path, demo_snapshot
     from flywheel.tracking import tracking_uri
     client = MlflowClient(tracking_uri(state_dir))
     mv = client.get_model_version_by_alias("support-bot-reward-model", "current")
-    assert mv.version == "1"
+    assert str(mv.version) == "1"
 
     # enough new labels → refreshed (version 2)
     rec3 = run_judge(cfg, str(small_snapshot(demo_snapshot, tmp_path, 240, start=240)))
