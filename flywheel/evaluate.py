@@ -376,21 +376,20 @@ class HFPolicies:
     and the response length in tokens.
     """
 
-    def __init__(self, base_path: str | Path, adapters: dict[str, str | Path], cfg: EvaluateConfig, device: str = "cpu"):
+    def __init__(self, base_path: str | Path, adapters: dict[str, str | Path], cfg: EvaluateConfig,
+                 device: str = "cpu", dtype: str = "float32"):
         import torch
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.cfg, self.device = cfg, device
-        self.tok = AutoTokenizer.from_pretrained(str(base_path), padding_side="left")
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+        from models.policy import load_base, resolve_device
+
+        self.cfg, self.device = cfg, resolve_device(device)
+        model, self.tok = load_base(base_path, dtype, str(self.device))  # same tokenizer/pad handling as training
         names = list(adapters)
         model = PeftModel.from_pretrained(model, str(adapters[names[0]]), adapter_name=names[0])
         for name in names[1:]:
             model.load_adapter(str(adapters[name]), adapter_name=name)
-        self.model = model.to(device).eval()
+        self.model = model.to(self.device).eval()
         self.torch = torch
 
     def _mode(self, role: str):
@@ -538,7 +537,8 @@ def run_evaluation(cfg, candidate_dir: str | Path, snapshot_uri: str | Path | No
         score, kinds = composite.score, {s.name: s.kind for s in composite.specs}
     if pairwise is None and champ_version is not None:
         pairwise = judge_pairwise(cfg)
-    policies = HFPolicies(base_model or resolve_base_model(cfg, tags), adapters, cfg.evaluate)
+    policies = HFPolicies(base_model or resolve_base_model(cfg, tags), adapters, cfg.evaluate, cfg.model.device,
+                          cfg.model.dtype)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     out = Path(out_dir or cfg.state / "reports" / f"eval-{stamp}-{Path(candidate_dir).name}")
     return evaluate_candidate(
