@@ -152,12 +152,18 @@ def serve_cmd(
     typer.echo(f"vLLM up at {info.url}/v1 in {info.started_s:.1f} s (PID {info.pid}); adapters: {', '.join(info.adapters)}")
     if detach:
         return
+    import signal
     import time
 
+    def _interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # stopping this command stops the server too
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
+        typer.echo(f"stopping vLLM (PID {info.pid})")
         serve.stop_server(info.pid)
 
 
