@@ -67,15 +67,21 @@ def bench_judge(rows: int, latency_s: float, tmp: Path) -> dict:
     return out
 
 
-def bench_reward_model(rm_rows: int, tmp: Path, epochs: int) -> dict:
+def bench_reward_model(rm_rows: int, tmp: Path, epochs: int, hidden: int, layers: int, max_length: int) -> dict:
     import torch
 
     from flywheel.demo_data import generate_logs, load_gold
     from flywheel.rewards.calibration import auc
     from flywheel.rewards.kpi import binary_label
     from flywheel.rewards.reward_training import preference_pairs, split_groups
-    from models.reward_model import (RewardModelScorer, RewardModelTrainConfig, format_input, raw_scores,
-                                     save_reward_model, train_reward_model)
+    from models.reward_model import (
+        RewardModelScorer,
+        RewardModelTrainConfig,
+        format_input,
+        raw_scores,
+        save_reward_model,
+        train_reward_model,
+    )
     from models.tiny import build_tiny_model
 
     torch.manual_seed(0)
@@ -85,7 +91,8 @@ def bench_reward_model(rm_rows: int, tmp: Path, epochs: int) -> dict:
     gold = {g["request_id"]: g["logged_correct"] for g in load_gold(logs)}
     texts_corpus = [m["content"] for r in rows for m in r["messages"]] + [r["completion"] for r in rows]
     t0 = time.perf_counter()
-    base = build_tiny_model(tmp / "base", texts_corpus)
+    base = build_tiny_model(tmp / "base", texts_corpus, hidden_size=hidden, num_layers=layers,
+                            intermediate_size=hidden * 8 // 3)
     build_s = time.perf_counter() - t0
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(base)
@@ -95,7 +102,7 @@ def bench_reward_model(rm_rows: int, tmp: Path, epochs: int) -> dict:
     train, test = split_groups(groups, 0.2, 0)
     local = {g: k for k, g in enumerate(train)}
     pairs = [(local[a], local[b]) for a, b in preference_pairs(labels, groups, train)]
-    cfg = RewardModelTrainConfig(epochs=epochs, max_length=160)
+    cfg = RewardModelTrainConfig(epochs=epochs, max_length=max_length)
     t0 = time.perf_counter()
     res = train_reward_model(str(base), [texts[i] for i in train], [labels[i] for i in train], pairs, cfg)
     train_s = time.perf_counter() - t0
@@ -105,7 +112,7 @@ def bench_reward_model(rm_rows: int, tmp: Path, epochs: int) -> dict:
     t0 = time.perf_counter()
     scorer([rows[i]["messages"] for i in test], [rows[i]["completion"] for i in test])
     score_s = time.perf_counter() - t0
-    return {"rows_train": len(train), "rows_heldout": len(test), "epochs": epochs, "base_build_s": round(build_s, 2),
+    return {"base": f"tiny llama hidden {hidden}, {layers} layers", "max_length": max_length, "rows_train": len(train), "rows_heldout": len(test), "epochs": epochs, "base_build_s": round(build_s, 2),
             "train_s": round(train_s, 2), "train_rows_per_s": round(len(train) * epochs / train_s, 1),
             "heldout_auc_vs_resolved": auc(scores, [labels[i] for i in test]),
             "heldout_auc_vs_gold": auc(scores, [int(gold[rows[i]["request_id"]]) for i in test]),
@@ -117,14 +124,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64, help="verdicts per judge run")
     ap.add_argument("--latency-ms", type=float, default=50.0, help="endpoint latency per call")
     ap.add_argument("--rm-rows", type=int, default=1600, help="demo log rows for the reward model (0 = skip)")
-    ap.add_argument("--rm-epochs", type=int, default=4)
+    ap.add_argument("--rm-epochs", type=int, default=6)
+    ap.add_argument("--rm-hidden", type=int, default=96, help="tiny base width")
+    ap.add_argument("--rm-layers", type=int, default=2, help="tiny base depth")
+    ap.add_argument("--rm-max-length", type=int, default=64, help="tokens kept (the end: user message + answer)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         figures = {"judge": bench_judge(args.rows, args.latency_ms / 1000, tmp), "latency_ms": args.latency_ms}
         if args.rm_rows:
-            figures["reward_model"] = bench_reward_model(args.rm_rows, tmp, args.rm_epochs)
+            figures["reward_model"] = bench_reward_model(args.rm_rows, tmp, args.rm_epochs, args.rm_hidden,
+                                                         args.rm_layers, args.rm_max_length)
     j = figures["judge"]
     print(f"\nLLM judge, {args.rows} verdicts, {args.latency_ms:g} ms per call (local replay endpoint)")
     print(f"{'run':<22}{'seconds':>10}{'verdicts/s':>12}{'calls':>8}")
@@ -135,7 +149,8 @@ def main() -> None:
           f"{j['cached_rerun']['calls']} (goal 0)")
     if "reward_model" in figures:
         r = figures["reward_model"]
-        print(f"\nReward model (tiny base + LoRA + score head), {r['rows_train']} train / {r['rows_heldout']} held-out rows")
+        print(f"\nReward model ({r['base']} + LoRA + score head, max_length {r['max_length']}), "
+              f"{r['rows_train']} train / {r['rows_heldout']} held-out rows, {r['epochs']} epochs")
         for k in ("train_s", "train_rows_per_s", "heldout_auc_vs_resolved", "heldout_auc_vs_gold", "score_rows_per_s"):
             print(f"  {k:<26}{r[k]}")
     if args.json:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from flywheel.config.rewards import ComponentConfig
-from flywheel.rewards.composite import Composite, ComponentSpec, spec_hash, specs_to_json, weighted_total
+from flywheel.rewards.composite import ComponentSpec, Composite, spec_hash, specs_to_json, weighted_total
 from flywheel.rewards.kpi import binary_label, kpi_grader
 from flywheel.rewards.rules import build_rule
 from flywheel.schema import FEEDBACK_FIELDS, REWARD_PREFIX, REWARD_TOTAL

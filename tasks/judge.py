@@ -18,7 +18,7 @@ def retry_on_io(task, task_run, state) -> bool:
 
     try:
         state.result()
-    except (httpx.TransportError, TimeoutError) as exc:
+    except (httpx.TransportError, TimeoutError):
         return True
     except JudgeError as exc:  # the endpoint kept failing (5xx/429/timeouts): worth a later retry
         return "attempts" in str(exc)

@@ -89,7 +89,7 @@ def agreement(name: str, scores, human, human_threshold: float = 0.5) -> Agreeme
     accs = [float(((s >= t).astype(int) == hb).mean()) for t in candidates]
     best = int(np.argmax(accs))
     t = float(candidates[best])
-    return Agreement(name, int(len(s)), t, round(accs[best], 6), cohen_kappa((s >= t).astype(int), hb),
+    return Agreement(name, len(s), t, round(accs[best], 6), cohen_kappa((s >= t).astype(int), hb),
                      spearman(s, h[keep]))
 
 

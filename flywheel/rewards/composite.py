@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class Composite:
         total = self.score(prompts, completions, **context)["total"]
         return [float(x) if not math.isnan(x) else math.nan for x in total]
 
-    def online(self) -> "Composite":
+    def online(self) -> Composite:
         """Same composite without the components that cannot score new samples (KPI)."""
         specs = [s for s in self.specs if s.kind not in OFFLINE_ONLY]
         return Composite(specs, {s.name: self.graders[s.name] for s in specs}, self.missing)

@@ -23,9 +23,10 @@ import math
 import random
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -209,7 +210,7 @@ class JudgeClient:
         self.stats = JudgeStats()
 
     @classmethod
-    def from_config(cls, judge_cfg, state_dir: str | Path | None = None) -> "JudgeClient":
+    def from_config(cls, judge_cfg, state_dir: str | Path | None = None) -> JudgeClient:
         if not judge_cfg.base_url:
             raise ValueError("rewards.judge.base_url: an llm_judge component needs an endpoint")
         cache = VerdictCache(Path(state_dir) / "judge_cache.sqlite") if (judge_cfg.cache and state_dir) else None

@@ -10,7 +10,8 @@ labels, the report), never new samples. A row with none of the mapped fields get
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 DEFAULT_KPI = {"resolved": 1.0, "escalated": -1.0, "thumbs": 1.0}
 

@@ -17,8 +17,8 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 _BLOCK = re.compile(r"<<<DATA id=(\w+)>>>\n(.*?)\n<<<END DATA id=\1>>>", re.DOTALL)
 _RANGE = re.compile(r"number from (-?[\d.]+) to (-?[\d.]+)")
@@ -90,7 +90,7 @@ class ReplayServer:
         score = self.score_fn(str(data.get("answer", "")), low, high)
         return 200, json.dumps({"data_id": did, "score": score, "reasons": ["scripted"]})
 
-    def __enter__(self) -> "ReplayServer":
+    def __enter__(self) -> ReplayServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):

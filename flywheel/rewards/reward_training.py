@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ def resolve_backbone(cfg, df=None) -> str:
         return str(path)
     if df is None:
         raise FileNotFoundError(f"{path}: the tiny base is not built yet (run the bootstrap first)")
-    from flows.warm_start import build_base, rows_from_snapshot  # noqa: F401  (one definition of the tiny base)
+    from flows.warm_start import build_base  # one definition of the tiny base
     rows = [{"messages": json.loads(m) if isinstance(m, str) else m, "completion": str(c)}
             for m, c in zip(df["messages"], df["completion"])]
     return str(build_base(path, rows, seed=cfg.train.seed))
@@ -111,7 +112,13 @@ def split_groups(groups: list[str], holdout: float, seed: int) -> tuple[list[int
 
 def train_on_snapshot(cfg, df, prompts: list[list[dict]], out_dir: str | Path, progress: bool = False):
     """Train + evaluate on held-out prompts; returns (saved folder, metrics)."""
-    from models.reward_model import RewardModelTrainConfig, format_input, raw_scores, save_reward_model, train_reward_model
+    from models.reward_model import (
+        RewardModelTrainConfig,
+        format_input,
+        raw_scores,
+        save_reward_model,
+        train_reward_model,
+    )
 
     rcfg = cfg.rewards.reward_model
     ts = training_set(df, prompts, rcfg.labels)
@@ -173,6 +180,7 @@ def log_and_register(cfg, folder: str, metrics: dict[str, float]) -> str | None:
     """Log the folder as run artifacts and register it as ``<project>-reward-model``; returns the version."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from flywheel.tracking import ensure_experiment
 
@@ -180,13 +188,13 @@ def log_and_register(cfg, folder: str, metrics: dict[str, float]) -> str | None:
     rcfg = cfg.rewards.reward_model
     with mlflow.start_run(experiment_id=exp, run_name="reward-model") as run:
         mlflow.log_params({k: str(v) for k, v in rcfg.model_dump().items()})
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
         mlflow.log_artifacts(folder, artifact_path="reward_model")
         client = MlflowClient()
         name = f"{cfg.project.name}-reward-model"
         try:
             client.get_registered_model(name)
-        except Exception:
+        except MlflowException:
             client.create_registered_model(name, description="Reward model trained on logged feedback (rl-flywheel).")
         mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/reward_model", run_id=run.info.run_id,
                                          tags={"heldout_auc": str(metrics.get("heldout_auc"))})

