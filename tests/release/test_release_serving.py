@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
@@ -35,7 +37,9 @@ def _register(cfg, adapter, passed, evaluated, base):
 
 
 def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(tiny, state_dir, tmp_path):
+    import flywheel.cli  # noqa: F401  (registers the commands)
     from flywheel import serve
+    from flywheel.cli.app import app
     from flywheel.config import load_config
     from flywheel.config.release import EvaluateConfig
     from flywheel.evaluate import HFPolicies
@@ -46,11 +50,13 @@ def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(
     golden = tmp_path / "golden.jsonl"
     golden.write_text("".join(json.dumps({"messages": p}) + "\n" for p in tiny["eval"][:6]))
     fmt = [c.model_dump() for c in default_components() if c.name == "format"]  # JSON schema rule of the demo
-    cfg = load_config(None, overrides={
-        "project.state_dir": str(state_dir), "serve.port": free_port(), "evaluate.golden_set": str(golden),
-        "serve.command": [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server"], "rewards.components": fmt,
-        "serve.smoke_min_pass_rate": 0.8,
-    })
+    cfg_file = tmp_path / "flywheel.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "project": {"state_dir": str(state_dir)}, "evaluate": {"golden_set": str(golden)}, "rewards": {"components": fmt},
+        "serve": {"port": free_port(), "command": [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server"],
+                  "smoke_min_pass_rate": 0.8},
+    }))
+    cfg = load_config(cfg_file)
     prompts = tiny["eval"][:6]
     hf = HFPolicies(tiny["base"], {"weak": tiny["weak"], "strong": tiny["strong"], "noisy": tiny["noisy"]},
                     EvaluateConfig(max_new_tokens=cfg.serve.smoke_max_tokens))
@@ -61,7 +67,9 @@ def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(
 
     assert _register(cfg, tiny["weak"], True, None, tiny["base"]).champion_version == 1
     t0 = time.time()
-    info = serve.serve_champion(cfg)
+    res = CliRunner().invoke(app, ["serve", "--config", str(cfg_file), "--detach"])
+    assert res.exit_code == 0, res.output
+    info = serve.read_server_info(cfg.state)
     try:
         startup_s = time.time() - t0
         # 1. the champion adapter answers (as HF decodes base + that adapter)
@@ -91,6 +99,7 @@ def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(
         print(f"\nvLLM startup {startup_s:.1f} s (healthy after {info.started_s:.1f} s); chat latency "
               f"median {sorted(latencies)[len(latencies) // 2]:.0f} ms over {len(latencies)} requests")
     finally:
-        assert serve.stop_server(info.pid)
+        res = CliRunner().invoke(app, ["serve", "--config", str(cfg_file), "--stop"])
+        assert res.exit_code == 0 and f"stopping PID {info.pid}: stopped" in res.output, res.output
     with pytest.raises(ProcessLookupError):
         os.kill(info.pid, 0)
