@@ -193,7 +193,13 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,100m")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per side (default: all cores; use 1 on a shared, loaded machine)")
     args = ap.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        import torch
+        torch.set_num_threads(args.threads)
     sizes = args.sizes.split(",")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_ppo_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -228,8 +234,9 @@ def main() -> None:
         rows.append({"size": size, "params_matmul": facts["matmul_params"], **res,
                      "time_ratio": res["ours"]["s_per_update"] / res["trl"]["s_per_update"],
                      "memory_ratio": res["ours"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]})
-    print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s; load average at start {load[0]:.2f} "
-          f"({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, LoRA r=8 q/v")
+    import torch
+    print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} thread(s); load average at "
+          f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, LoRA r=8 q/v")
     print(f"{'size':>5} | {'ours s/upd':>10} | {'TRL s/upd':>9} | {'time ratio':>10} | {'ours MB':>7} | "
           f"{'TRL MB':>7} | {'mem ratio':>9} | {'ours %peak':>10} | {'TRL %peak':>9}")
     for r in rows:

@@ -76,6 +76,7 @@ class PPOConfig:
     checkpoint_every: int = 10  # save a checkpoint every N updates (and at the end)
     keep_checkpoints: int = 2  # checkpoints kept on disk
     progress: bool = True  # rich progress bar on rank 0
+    rollout_engine: str = "hf"  # hf (transformers generate, KV cache) | vllm (LoRA hot-loading, if installed)
 
     def __post_init__(self):
         self.rollout_size = self.batch_size * self.samples_per_prompt  # sequences per process per update
@@ -168,7 +169,13 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
-        self.engine = HFRolloutEngine(self.ac, self.tokenizer, config.max_prompt_len)
+        if config.rollout_engine == "vllm":
+            from models.rollout import VLLMRolloutEngine
+            self.engine = VLLMRolloutEngine(self.ac, self.tokenizer, str(base), config.max_prompt_len)
+        elif config.rollout_engine == "hf":
+            self.engine = HFRolloutEngine(self.ac, self.tokenizer, config.max_prompt_len)
+        else:
+            raise ValueError(f"rollout_engine: expected 'hf' or 'vllm', got {config.rollout_engine!r}")
         self.step, self.history = 0, []
         torch.manual_seed(config.seed + 1 + self.rank)  # sampling differs across ranks
         random.seed(config.seed + self.rank)
