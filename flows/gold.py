@@ -38,7 +38,7 @@ def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(100 * (centre - half), 2), round(100 * (centre + half), 2))
+    return (round(max(0.0, 100 * (centre - half)), 2), round(min(100.0, 100 * (centre + half)), 2))
 
 
 def generate(base_dir: str | Path, adapter_dir: str | Path | None, prompts: list[list[dict]],

@@ -33,7 +33,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return "nan" if math.isnan(x) else f"{x:.{digits}f}"
     if isinstance(x, (list, tuple)) and len(x) == 2:
-        return f"[{_fmt(x[0])}, {_fmt(x[1])}]"
+        return f"[{_fmt(x[0], 2)}, {_fmt(x[1], 2)}]"
     return str(x)
 
 
@@ -46,13 +46,13 @@ def summary_rows(nights: list[dict]) -> list[list[str]]:
             str(n["night"]), n.get("day", "-"), str(n["rows_in"]), str(n["rows_clean"]), str(n["rows_quarantined"]),
             _fmt(n["champion_reward"]), _fmt(n["candidate_reward"]), _fmt(n["candidate_ci"]),
             f"{_fmt(gold.get('champion'), 1)} -> {_fmt(gold.get('candidate'), 1)}" if gold else "-",
-            "promoted" if n["promoted"] else "kept champion", str(n["champion_version"]),
+            "promoted" if n["promoted"] else "kept champion", f"v{n['champion_version']}",
         ])
     return rows
 
 
-TABLE_HEADER = ["night", "day", "rows in", "clean", "quarantined", "champion reward", "candidate reward",
-                "candidate 95% CI", "gold acc % (champ -> cand)", "decision", "champion version"]
+TABLE_HEADER = ["night", "day", "rows in", "clean", "quarant.", "champion R", "candidate R", "candidate 95% CI",
+                "gold % champ->cand", "decision", "champion"]
 
 
 def print_summary(nights: list[dict], console=None) -> None:
@@ -61,7 +61,9 @@ def print_summary(nights: list[dict], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title="rl-flywheel demo: nightly runs")
+    if console.width < 132:
+        console = Console(width=132)
+    table = Table(title="rl-flywheel demo: nightly runs (R = mean online reward on held-out newest prompts)")
     for h in TABLE_HEADER:
         table.add_column(h, justify="right" if h not in ("day", "decision") else "left")
     for row in summary_rows(nights):

@@ -44,7 +44,7 @@ def test_flows_report_json_and_html(tmp_path):
     assert html.count("<img") == 3  # reward curves, per-component bars, gold accuracy
     assert "kept champion" in html and "promoted" in html
     rows = demo_report.summary_rows(report["nights"])
-    assert rows[0][7] == "[1.400, 1.600]"
+    assert rows[0][7] == "[1.40, 1.60]"
 
 
 def test_flows_report_refuses_counts_that_do_not_add_up(tmp_path):

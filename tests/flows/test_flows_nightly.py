@@ -101,3 +101,51 @@ def test_flows_failing_stage_fails_the_run_with_its_name(fast_demo):
     assert "stage validate failed" in state.message
     with pytest.raises(Exception, match="stage validate failed"):
         state.result()
+
+
+def test_flows_ui_serves_prefect_and_mlflow_with_the_registered_model(fast_demo, tmp_path):
+    """`flywheel ui` starts both servers; MLflow's REST API lists the model with its aliases."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    out, report = fast_demo
+    p_port, m_port = port(), port()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "flywheel"), "ui", "--config", str(out / "flywheel.yaml"),
+                             "--prefect-port", str(p_port), "--mlflow-port", str(m_port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline, body, health = time.time() + 180, None, None
+        while time.time() < deadline and (body is None or health is None):
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                health = health or httpx.get(f"http://127.0.0.1:{p_port}/api/health", timeout=2).json()
+                r = httpx.get(f"http://127.0.0.1:{m_port}/api/2.0/mlflow/registered-models/get",
+                              params={"name": "support-bot"}, timeout=5)
+                body = r.json() if r.status_code == 200 else None
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert health is True and body is not None, "servers did not come up"
+        aliases = {a["alias"]: a["version"] for a in body["registered_model"].get("aliases", [])}
+        assert aliases.get("champion") == str(report["nights"][-1]["champion_version"])
+        assert "challenger" in aliases
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"http://127.0.0.1:{p_port}" in proc.stdout.read()
