@@ -277,7 +277,7 @@ def build_online_reward(cfg, record: JudgeRecord | str | Path | None = None, dev
         specs = [ComponentSpec(c.name, c.kind, c.weight, c.normalize, dict(c.params)) for c in components_of(cfg)]
         rm_folder, missing = current_reward_model(cfg), cfg.rewards.missing
     else:
-        spec = load_spec(record.spec_uri if isinstance(record, JudgeRecord) else record)
+        spec = load_spec(getattr(record, "spec_uri", None) or (record["spec_uri"] if isinstance(record, dict) else record))
         specs = [ComponentSpec(**s) for s in spec["components"]]
         rm_folder, missing = (spec["reward_model"] or {}).get("folder"), spec["missing"]
     specs = [s for s in specs if s.kind != "kpi" and (include_judge and cfg.rewards.judge.base_url or s.kind != "llm_judge")]
