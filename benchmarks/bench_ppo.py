@@ -40,6 +40,10 @@ COMMON = textwrap.dedent("""
         # the same Python reward on both sides: valid-looking JSON gets more
         return [float(c.strip().startswith("{")) + 0.1 * min(len(c), 40) / 40 for c in completions]
     def peak_mb():
+        # VmHWM (peak RSS of this process image); ru_maxrss would inherit the parent's peak across fork+exec
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 """)
 

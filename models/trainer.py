@@ -128,7 +128,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process (VmHWM; ru_maxrss can carry a parent's peak across fork+exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def mlflow_logger(tracking_uri: str, run_id: str) -> Callable[[dict, int], None]:

@@ -102,7 +102,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
     logprobs, entropy, values = ac(ids, mask, 8)            # roles 1 and 3: policy and value, with gradients
     (logprobs.mean() + values.mean()).backward()
     opt = torch.optim.AdamW([p for p in ac.parameters() if p.requires_grad]); opt.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM = peak RSS of this process image (ru_maxrss would inherit pytest's peak across fork+exec)
+    peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     print(json.dumps({"base_bytes": base_bytes, "growth": peak - start}))
 """)
 
