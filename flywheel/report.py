@@ -39,9 +39,11 @@ def _plots(report, scores: dict[str, dict[str, list[float]]], measures: dict[str
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 16)
         for role, d in zip(scores, data):
             ax.hist(d, bins=bins, alpha=0.5, label=role, color=COLORS.get(role))
+        if not any(len(d) for d in data):
+            ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(comp, fontsize=9)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("score distributions per component")
+    fig.suptitle("score distributions per component", y=1.04)
     out["distributions"] = _png(fig)
     plt.close(fig)
 

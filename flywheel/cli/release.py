@@ -32,6 +32,10 @@ def _fail(msg: str) -> None:
     raise typer.Exit(1)
 
 
+def _v(version: int | None) -> str:
+    return "none" if version is None else f"v{version}"
+
+
 def _print_decision(decision) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -94,8 +98,8 @@ def promote_cmd(
                       require_fresh_evaluation=cfg.registry.require_fresh_evaluation)
     except PromotionError as e:
         _fail(str(e))
-    typer.echo(f"{name} v{rel.version}: {rel.decision} ({rel.reason}); champion v{rel.champion_version}, "
-               f"previous v{rel.previous_version}")
+    typer.echo(f"{name} v{rel.version}: {rel.decision} ({rel.reason}); champion {_v(rel.champion_version)}, "
+               f"previous {_v(rel.previous_version)}")
 
 
 @app.command("rollback")
@@ -110,7 +114,7 @@ def rollback_cmd(config: Path = ConfigOpt, reason: str = typer.Option("manual ro
                        lock_timeout_s=cfg.registry.lock_timeout_s)
     except PromotionError as e:
         _fail(str(e))
-    typer.echo(f"{name}: champion is v{rel.champion_version} again; previous v{rel.previous_version}")
+    typer.echo(f"{name}: champion is {_v(rel.champion_version)} again; previous {_v(rel.previous_version)}")
 
 
 @app.command("releases")
