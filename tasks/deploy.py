@@ -6,7 +6,8 @@ from typing import Any
 from prefect import task
 
 from flywheel.config import FlywheelConfig
-from flywheel.serve import DeployResult, deploy_champion as _deploy
+from flywheel.serve import DeployResult
+from flywheel.serve import deploy_champion as _deploy
 
 
 def retry_on_http(task, task_run, state) -> bool:
