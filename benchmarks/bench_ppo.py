@@ -52,7 +52,8 @@ OURS = COMMON + textwrap.dedent("""
     from models.trainer import PPOConfig, PPOTrainer
     cfg = PPOConfig(steps=updates, batch_size=8, samples_per_prompt=1, max_new_tokens=32, ppo_epochs=1,
                     num_minibatches=1, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"],
-                    missing_eos_penalty=None, checkpoint_every=10**6, progress=False, learning_rate=1e-4)
+                    missing_eos_penalty=None, checkpoint_every=10**6, progress=False, learning_rate=1e-4,
+                    value_layers=int(sys.argv[5]) or None)
     import tempfile
     trainer = PPOTrainer(cfg, model_dir, chats, lambda p, c: reward(c), tempfile.mkdtemp(), dtype="float32", device="cpu")
     stamps, lengths = [time.perf_counter()], []
@@ -153,14 +154,15 @@ def model_facts(path: Path) -> dict:
     return {"matmul_params": L * (4 * h * h + 3 * h * i) + h * v, "layers": L, "hidden": h}
 
 
-def flops_per_update(facts: dict, batch: int, prompt_len: float, resp: float, side: str) -> float:
+def flops_per_update(facts: dict, batch: int, prompt_len: float, resp: float, side: str,
+                     value_share: float = 0.0) -> float:
     """Analytic FLOPs of one PPO update (see the module docstring)."""
     n, L, h = facts["matmul_params"], facts["layers"], facts["hidden"]
     seq = prompt_len + resp
     fwd = batch * seq * (2 * n + 4 * L * h * seq)  # one forward over the batch (matmuls + attention scores)
     gen = batch * prompt_len * 2 * n + batch * sum(2 * n + 4 * L * h * (prompt_len + t) for t in range(int(resp)))
-    if side == "ours":
-        return gen + fwd * (1 + 2 + 2)  # reference fwd; policy fwd+bwd(LoRA); value fwd+bwd(LoRA)
+    if side.startswith("ours"):  # reference fwd; policy fwd+bwd(LoRA); value fwd+bwd(LoRA) on value_share of layers
+        return gen + fwd * (1 + 2 + 2 * (value_share or 1.0))
     return gen + fwd * (3 + 2 + 3)  # policy/ref/value fwd; policy fwd+bwd(LoRA); value fwd+bwd(full)
 
 
@@ -178,12 +180,13 @@ def matmul_peak(seconds: float = 3.0) -> float:
     return best
 
 
-def run_side(python: Path, script: str, model: Path, prompts: Path, updates: int, work: Path) -> dict:
+def run_side(python: Path, script: str, model: Path, prompts: Path, updates: int, work: Path,
+             value_layers: int = 0) -> dict:
     path = work / f"side_{abs(hash(script)) % 10**8}.py"
     path.write_text(script)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
-    proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT)],
+    proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT), str(value_layers)],
                           capture_output=True, text=True, env=env, timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -197,6 +200,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,100m")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--value-top", action="store_true",
+                    help="also run ours with the value adapter on the top quarter of the layers (value_layers)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per side (default: all cores; use 1 on a shared, loaded machine)")
     args = ap.parse_args()
@@ -225,19 +230,27 @@ def main() -> None:
     for size in sizes:
         facts = model_facts(models[size])
         res = {}
-        for side, python, script in (("ours", Path(sys.executable), OURS), ("trl", trl_py, TRL)):
-            r = run_side(python, script, models[size], work / "prompts.json", args.updates, work)
+        top = max(1, facts["layers"] // 4)
+        sides = [("ours", Path(sys.executable), OURS, 0), ("trl", trl_py, TRL, 0)]
+        if args.value_top:  # our value adapter on the top quarter of the layers, branching off the reference pass
+            sides.insert(1, ("ours_vtop", Path(sys.executable), OURS, top))
+        for side, python, script, vl in sides:
+            r = run_side(python, script, models[size], work / "prompts.json", args.updates, work, vl)
             timed = r["times"][1:] or r["times"]
             s = sum(timed) / len(timed)
-            flops = flops_per_update(facts, 8, prompt_len, 32, side)
+            flops = flops_per_update(facts, 8, prompt_len, 32, side, vl / facts["layers"])
             res[side] = {"s_per_update": s, "peak_rss_mb": r["peak_mb"], "flops_per_update": flops,
                          "achieved_gflops": flops / s / 1e9, "fraction_of_peak": flops / s / peak,
                          "times": r["times"]}
-            print(f"{size:>5} {side:>4}: {s:7.3f} s/update  peak RSS {r['peak_mb']:7.0f} MB  "
+            print(f"{size:>5} {side:>9}: {s:7.3f} s/update  peak RSS {r['peak_mb']:7.0f} MB  "
                   f"{flops / s / 1e9:6.1f} GFLOP/s ({100 * flops / s / peak:4.1f} % of peak)", flush=True)
-        rows.append({"size": size, "params_matmul": facts["matmul_params"], **res,
-                     "time_ratio": res["ours"]["s_per_update"] / res["trl"]["s_per_update"],
-                     "memory_ratio": res["ours"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]})
+        row = {"size": size, "params_matmul": facts["matmul_params"], **res,
+               "time_ratio": res["ours"]["s_per_update"] / res["trl"]["s_per_update"],
+               "memory_ratio": res["ours"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]}
+        if "ours_vtop" in res:
+            row["time_ratio_vtop"] = res["ours_vtop"]["s_per_update"] / res["trl"]["s_per_update"]
+            row["memory_ratio_vtop"] = res["ours_vtop"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]
+        rows.append(row)
     import torch
     print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} thread(s); load average at "
           f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, LoRA r=8 q/v")
@@ -248,6 +261,11 @@ def main() -> None:
               f"{r['time_ratio']:10.2f} | {r['ours']['peak_rss_mb']:7.0f} | {r['trl']['peak_rss_mb']:7.0f} | "
               f"{r['memory_ratio']:9.2f} | {100 * r['ours']['fraction_of_peak']:10.1f} | "
               f"{100 * r['trl']['fraction_of_peak']:9.1f}")
+        if "ours_vtop" in r:
+            v = r["ours_vtop"]
+            print(f"{'':>5}   value adapter on the top quarter of the layers: {v['s_per_update']:.3f} s/update "
+                  f"(ratio {r['time_ratio_vtop']:.2f}), {v['peak_rss_mb']:.0f} MB (ratio {r['memory_ratio_vtop']:.2f}), "
+                  f"{100 * v['fraction_of_peak']:.1f} % of peak")
     if args.json:
         args.json.write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "load_average": load[0],
                                          "prompt_tokens": prompt_len, "rows": rows}, indent=2))

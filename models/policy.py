@@ -96,6 +96,10 @@ class ActorCritic(nn.Module):
             self.lm = get_peft_model(base, cfg, adapter_name="policy")
         n_layers = base.config.num_hidden_layers
         layers = None if value_layers is None else list(range(n_layers - value_layers, n_layers))
+        # with the value adapter on the top layers only, the value pass can start from the reference pass's hidden
+        # state at the first value layer (below it the two roles are the same network): a shorter forward
+        self.trunk_layer = layers[0] if layers and all(hasattr(self.backbone_of(base), a) for a in ("layers", "norm")) \
+            else None
         self.lm.add_adapter("value", lora_config(r, alpha, target_modules, layers))
         self.value_head = ScalarHead(base.config.hidden_size).to(base.device, base.dtype)
         self.reward_head: ScalarHead | None = None
@@ -125,11 +129,14 @@ class ActorCritic(nn.Module):
             for m, prev in zip(self._tuner_layers, previous):
                 m._active_adapter = prev
 
+    @staticmethod
+    def backbone_of(base) -> nn.Module:
+        return getattr(base, base.base_model_prefix)
+
     @property
     def backbone(self) -> nn.Module:
         """The transformer without its LM head (hidden states only)."""
-        base = self.lm.get_base_model()
-        return getattr(base, base.base_model_prefix)
+        return self.backbone_of(self.lm.get_base_model())
 
     # ------------------------------------------------------------------ role forwards
     def response_logits(self, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
@@ -148,9 +155,29 @@ class ActorCritic(nn.Module):
     def ref_logprobs(self, input_ids: Tensor, attention_mask: Tensor, response_len: int,
                      temperature: float = 1.0) -> Tensor:
         """log π_ref of the response tokens. → (B, R)."""
+        return self.reference_pass(input_ids, attention_mask, response_len, temperature)[0]
+
+    def reference_pass(self, input_ids: Tensor, attention_mask: Tensor, response_len: int,
+                       temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
+        """log π_ref (B, R), and the hidden state entering the first value layer (B, L, H) when the value pass can
+        start there (``value_layers`` set), else None."""
         with torch.no_grad(), self.role("reference"):
-            logits = self.response_logits(input_ids, attention_mask, response_len)
-        return logprobs_from_logits(logits, input_ids[:, -response_len:], temperature)
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask), logits_to_keep=response_len + 1,
+                          use_cache=False, output_hidden_states=self.trunk_layer is not None)
+        trunk = out.hidden_states[self.trunk_layer] if self.trunk_layer is not None else None
+        return logprobs_from_logits(out.logits[:, :-1], input_ids[:, -response_len:], temperature), trunk
+
+    def _hidden_from_trunk(self, trunk: Tensor, attention_mask: Tensor) -> Tensor:
+        """Run only the top decoder layers (and the final norm) on ``trunk``. (B, L, H) → (B, L, H)."""
+        backbone = self.backbone
+        layers = backbone.layers
+        backbone.layers = layers[self.trunk_layer:]
+        try:
+            return backbone(inputs_embeds=trunk, attention_mask=attention_mask,
+                            position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+        finally:
+            backbone.layers = layers
 
     def reward_scores(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Normalised reward-model score of each full sequence, read at its last real token. → (B,)."""
@@ -165,8 +192,10 @@ class ActorCritic(nn.Module):
         return (score - mean) / std
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_len: int,
-                temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-        """Policy and value pass with gradients. → logprobs (B, R), entropy (B, R), values (B, R)."""
+                temperature: float = 1.0, trunk: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Policy and value pass with gradients. → logprobs (B, R), entropy (B, R), values (B, R).
+
+        ``trunk``: the reference pass's hidden state at the first value layer (see ``reference_pass``)."""
         responses = input_ids[:, -response_len:]
         with self.role("policy"):
             logits = self.response_logits(input_ids, attention_mask, response_len)  # (B, R, V)
@@ -174,7 +203,10 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach(), temperature)
         with self.role("value"):
-            hidden = self.response_hidden(input_ids, attention_mask, response_len + 1)[:, :-1]  # (B, R, H)
+            if trunk is not None and self.trunk_layer is not None:
+                hidden = self._hidden_from_trunk(trunk, attention_mask)[:, -response_len - 1:-1]  # (B, R, H)
+            else:
+                hidden = self.response_hidden(input_ids, attention_mask, response_len + 1)[:, :-1]  # (B, R, H)
         values = self.value_head(hidden).squeeze(-1).float()  # (B, R) V(s_t) before emitting token t
         return logprobs, entropy, values
 

@@ -211,14 +211,14 @@ class PPOTrainer:
         raw_scores = scores.clone()
         scores = eos_penalty(scores, rollout.has_eos.cpu(), cfg.missing_eos_penalty).to(mask.device)
         # 4. reference log-probs (adapter disabled / warm start only), rollout log-probs and values
-        ref_logprobs = ac.ref_logprobs(input_ids, attention_mask, R, cfg.temperature)  # (B, R)
+        ref_logprobs, trunk = ac.reference_pass(input_ids, attention_mask, R, cfg.temperature)  # (B, R), (B, L, H)|None
         fused = None
         if cfg.fused_first_pass:
-            fused = self.model(input_ids, attention_mask, R, cfg.temperature)  # with grad, reused in phase 6
+            fused = self.model(input_ids, attention_mask, R, cfg.temperature, trunk)  # with grad, reused in phase 6
             old_logprobs, old_values = fused[0].detach(), fused[2].detach()
         else:
             with torch.no_grad():
-                old_logprobs, _, old_values = ac(input_ids, attention_mask, R, cfg.temperature)
+                old_logprobs, _, old_values = ac(input_ids, attention_mask, R, cfg.temperature, trunk)
         # 5. KL-penalised per-token rewards, GAE, whitened advantages
         kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
         rewards = kl_penalized_rewards(scores, kl, mask, self.kl_ctl.value)
@@ -242,7 +242,8 @@ class PPOTrainer:
                             logprobs, entropy, values = fused
                             fused = None
                         else:
-                            logprobs, entropy, values = self.model(input_ids[b], attention_mask[b], R, cfg.temperature)
+                            logprobs, entropy, values = self.model(input_ids[b], attention_mask[b], R, cfg.temperature,
+                                                                   None if trunk is None else trunk[b])
                         pg_loss, clipfrac, approx_kl = policy_loss(logprobs, old_logprobs[b], advantages[b], mask[b],
                                                                    cfg.clip_coef)
                         v_loss, vf_clipfrac = value_loss(values, old_values[b], returns[b], mask[b], cfg.vf_clip_coef)

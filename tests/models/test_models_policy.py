@@ -50,6 +50,24 @@ def test_reference_is_the_base_and_roles_are_independent(tiny_base, tiny_task):
     assert len(base_ptrs) == sum(1 for n, _ in fresh.named_parameters())
 
 
+def test_value_pass_from_the_reference_trunk_equals_the_full_value_pass(tiny_base):
+    lm, _ = load_base(tiny_base)
+    ac = ActorCritic(lm, value_layers=1)
+    assert ac.trunk_layer == 1
+    _perturb(ac, "policy")
+    _perturb(ac, "value", seed=1)
+    torch.nn.init.normal_(ac.value_head.weight, generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(5, 100, (3, 20), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding
+    _, trunk = ac.reference_pass(ids, mask, 8)
+    full = ac(ids, mask, 8)[2]
+    short = ac(ids, mask, 8, trunk=trunk)[2]
+    assert torch.allclose(full, short, atol=1e-6)
+    short.sum().backward()
+    assert all(p.grad is not None for n, p in ac.named_parameters() if ".value." in n)
+
+
 def test_exported_policy_adapter_reproduces_warm_start_plus_ppo_delta(tiny_base, tiny_task, tmp_path):
     examples = [(p, json.dumps({"intent": i, "order_id": o})) for p, i, o in tiny_task[:32]]
     sft = train_sft(SFTConfig(epochs=1, batch_size=16, progress=False), tiny_base, examples, tmp_path / "sft")
