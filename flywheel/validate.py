@@ -94,7 +94,8 @@ def _check_frame(table: pa.Table, rows: np.ndarray):
     """
     import pandas as pd
 
-    t = table.take(pa.array(rows))
+    needed = [c for c in CHECK_COLUMNS if c not in ("_errors", "_decoded", "source_object", "source_line")]
+    t = table.select(needed).take(pa.array(rows))
 
     def num(col) -> np.ndarray:
         return col.cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -235,8 +236,9 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     q_tmp, c_tmp = quarantine_path.with_suffix(".tmp"), clean_path.with_suffix(".tmp")
     schema = pq.read_schema(snapshot_uri)
     clean_schema = pa.schema([schema.field(c) for c in SNAPSHOT_COLUMNS])
-    with open(q_tmp, "wb") as qf, pq.ParquetWriter(c_tmp, clean_schema, compression="zstd",
-                                                   compression_level=1) as writer:
+    with open(q_tmp, "wb") as qf, pq.ParquetWriter(c_tmp, clean_schema, compression="zstd", compression_level=1,
+                                                   use_dictionary=["dt", "task", "model_version", "source_object"]) \
+            as writer:
         for batch in pq.ParquetFile(snapshot_uri).iter_batches(batch_size=BATCH_ROWS):
             t0 = time.perf_counter()
             mask = bad[offset:offset + batch.num_rows]
