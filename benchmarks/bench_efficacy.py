@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from flywheel import demo_data  # noqa: E402
+from flywheel import demo_data
 
 
 def clean_snapshot(logs: Path, state: Path):

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -104,7 +105,7 @@ def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> 
         result = state.result(raise_on_failure=True)
     except StageFailed:
         raise
-    except Exception as e:  # noqa: BLE001 - re-raised with the stage's name
+    except Exception as e:
         raise StageFailed(name, f"{type(e).__name__}: {e}") from e
     finally:
         night.seconds[name] = round(time.perf_counter() - t0, 3)
@@ -133,5 +134,5 @@ def call_plain(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         return fn(*args, **kwargs)
     except StageFailed:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise StageFailed(name, f"{type(e).__name__}: {e}") from e

@@ -17,6 +17,13 @@ from pydantic import BaseModel, Field
 
 from flows._stage import Night, StageFailed, call_plain, digest, run_stage
 from flywheel.config import FlywheelConfig, load_config
+from tasks.deploy import deploy_champion
+from tasks.evaluate import evaluate_candidate
+from tasks.judge import judge_snapshot
+from tasks.observe import commit_observed, observe_logs
+from tasks.promote import promote_candidate
+from tasks.train import train_candidate
+from tasks.validate import validate_snapshot
 
 __all__ = ["NightRecord", "StageFailed", "continuous_improvement", "night_of"]
 
@@ -82,9 +89,6 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
                            overrides: dict[str, Any] | None = None, refresh: bool = False) -> NightRecord:
     """One night of the flywheel. ``day`` names the night (default: today in ``schedule.timezone``); ``refresh``
     recomputes every stage instead of reusing the results a previous run of the same night persisted."""
-    from tasks.observe import commit_observed, observe_logs
-    from tasks.validate import validate_snapshot
-
     log = get_run_logger()
     cfg = _config(config_path, overrides)
     night = Night(day=night_of(day, cfg.schedule.timezone), state=cfg.state, config_digest=digest(cfg), refresh=refresh)
@@ -99,12 +103,6 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
     run_stage(night, "commit", commit_observed, observation, str(cfg.state))
     record = NightRecord(day=night.day, status="completed", rows_in=clean.rows_in, rows_clean=clean.rows_clean,
                          rows_quarantined=clean.rows_quarantined, snapshot_hash=clean.snapshot_hash)
-    from tasks.deploy import deploy_champion
-    from tasks.evaluate import evaluate_candidate
-    from tasks.judge import judge_snapshot
-    from tasks.promote import promote_candidate
-    from tasks.train import train_candidate
-
     scored = run_stage(night, "judge", judge_snapshot, cfg, clean)
     candidate = run_stage(night, "train", train_candidate, cfg, scored)
     evaluation = run_stage(night, "evaluate", evaluate_candidate, cfg, candidate, scored)

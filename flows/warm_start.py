@@ -12,8 +12,9 @@ The bootstrap flow and ``benchmarks/bench_efficacy.py`` share these, so the benc
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 Example = tuple[list[dict], str]  # (prompt messages, completion)
 

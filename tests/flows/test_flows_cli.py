@@ -6,8 +6,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flywheel.cli import app
 from flywheel import demo_report
+from flywheel.cli import app
 
 
 def _night(k: int, promoted: bool) -> dict:

@@ -2,7 +2,6 @@
 night, and `flywheel schedule` serving the flow on its cron — all checked through Prefect's REST API."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
