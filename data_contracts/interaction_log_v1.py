@@ -2,7 +2,8 @@
 
 Validate runs the suite on a check frame built from the raw snapshot (one row per decoded log line):
 
-    request_id, timestamp, task, model_version   the fields themselves
+    request_id_key, request_id_chars             dictionary code of the id (equal ids, equal keys), its length
+    timestamp, task, model_version               the fields themselves
     completion_chars, comment_chars              lengths (null = field missing)
     messages_count, message_max_chars            facts about `messages` (null = missing or not a chat)
     message_roles                                sorted distinct roles, comma-joined ("system,user")
@@ -41,15 +42,15 @@ def build_suite(limits: LimitsConfig | None = None, now: str | None = None) -> g
         return expectation
 
     expectations = [
-        check("missing:request_id", gxe.ExpectColumnValuesToNotBeNull(column="request_id")),
+        check("missing:request_id", gxe.ExpectColumnValuesToNotBeNull(column="request_id_key")),
         check("missing:timestamp", gxe.ExpectColumnValuesToNotBeNull(column="timestamp")),
         check("missing:task", gxe.ExpectColumnValuesToNotBeNull(column="task")),
         check("missing:model_version", gxe.ExpectColumnValuesToNotBeNull(column="model_version")),
         check("missing:messages", gxe.ExpectColumnValuesToNotBeNull(column="messages_count")),
         check("missing:completion", gxe.ExpectColumnValuesToNotBeNull(column="completion_chars")),
-        check("duplicate:request_id", gxe.ExpectColumnValuesToBeUnique(column="request_id")),
-        check("length:request_id", gxe.ExpectColumnValueLengthsToBeBetween(
-            column="request_id", min_value=1, max_value=MAX_ID_CHARS)),
+        check("duplicate:request_id", gxe.ExpectColumnValuesToBeUnique(column="request_id_key")),
+        check("length:request_id", gxe.ExpectColumnValuesToBeBetween(
+            column="request_id_chars", min_value=1, max_value=MAX_ID_CHARS)),
         check("range:timestamp", gxe.ExpectColumnValuesToBeBetween(
             column="timestamp", min_value=dt.datetime.fromisoformat(EARLIEST), max_value=latest)),
         check("range:messages", gxe.ExpectColumnValuesToBeBetween(

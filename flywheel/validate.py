@@ -86,54 +86,59 @@ def load_contract(name: str):
     return module
 
 
-def _check_frame(table: pa.Table, rows: np.ndarray):
+def _check_frame(table: pa.Table, rows: np.ndarray, id_codes: np.ndarray):
     """The columns the suite checks, for the decoded rows; index = row number in the snapshot.
 
-    Text columns are pandas categoricals (Arrow dictionary codes): GX filters the whole frame once per expectation,
-    and taking integer codes is much cheaper than taking strings; checks on the values are unchanged.
+    Nothing is copied row by row in Arrow: numbers are computed on whole columns and indexed in numpy; text columns
+    become pandas categoricals (GX filters the whole frame once per expectation: taking codes is cheap) and
+    ``request_id`` becomes its dictionary code (equal ids, equal codes) plus its length.
     """
     import pandas as pd
 
-    needed = [c for c in CHECK_COLUMNS if c not in ("_errors", "_decoded", "source_object", "source_line")]
-    t = table.select(needed).take(pa.array(rows))
-
     def num(col) -> np.ndarray:
-        return col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return col.cast(pa.float64()).to_numpy(zero_copy_only=False)[rows]
 
     def text(col) -> pd.Categorical:
-        return pc.dictionary_encode(col.combine_chunks()).to_pandas().values
+        enc = pc.dictionary_encode(col.combine_chunks())
+        return pd.Categorical.from_codes(enc.indices.fill_null(-1).to_numpy()[rows], enc.dictionary.to_pylist())
 
+    ids = id_codes[rows].astype(np.float64)
+    ids[ids < 0] = np.nan
     frame = pd.DataFrame({
-        "request_id": text(t["request_id"]),
-        "timestamp": t["timestamp"].to_pandas(),
-        "task": text(t["task"]),
-        "model_version": text(t["model_version"]),
-        "completion_chars": num(pc.utf8_length(t["completion"])),
-        "comment_chars": num(pc.utf8_length(t["comment"])),
-        "messages_count": num(t["_n_messages"]),
-        "message_max_chars": num(t["_max_content_chars"]),
-        "message_roles": text(t["_roles"]),
-        "thumbs": num(t["thumbs"]),
-        "latency_ms": num(t["latency_ms"]),
+        "request_id_key": ids,
+        "request_id_chars": num(pc.utf8_length(table["request_id"])),
+        "timestamp": table["timestamp"].take(pa.array(rows)).to_pandas(),
+        "task": text(table["task"]),
+        "model_version": text(table["model_version"]),
+        "completion_chars": num(pc.utf8_length(table["completion"])),
+        "comment_chars": num(pc.utf8_length(table["comment"])),
+        "messages_count": num(table["_n_messages"]),
+        "message_max_chars": num(table["_max_content_chars"]),
+        "message_roles": text(table["_roles"]),
+        "thumbs": num(table["thumbs"]),
+        "latency_ms": num(table["latency_ms"]),
     })
     frame.index = rows
     return frame
 
 
-def _later_duplicates(table: pa.Table) -> np.ndarray:
+def _id_codes(table: pa.Table) -> np.ndarray:
+    """Dictionary code of each request_id (equal ids, equal codes; -1 = missing)."""
+    return pc.dictionary_encode(table["request_id"].combine_chunks()).indices.fill_null(-1).to_numpy()
+
+
+def _later_duplicates(table: pa.Table, codes: np.ndarray) -> np.ndarray:
     """True for every non-null request_id already seen on an earlier line (the first occurrence stays clean).
 
     "Earlier" is log order (object, then line), not snapshot order: observe writes each object's well-formed lines
     before its odd ones, and which line of a duplicated pair is kept must not depend on that.
     """
-    ids = table["request_id"].combine_chunks()
-    codes = pc.dictionary_encode(ids).indices.fill_null(-1).to_numpy()
     objects = pc.dictionary_encode(table["source_object"].combine_chunks()).indices.to_numpy()  # first-seen order
     order = np.lexsort((table["source_line"].to_numpy(), objects))
     first = np.zeros(len(codes), dtype=bool)
     _, where = np.unique(codes[order], return_index=True)
     first[order[where]] = True
-    return ids.is_valid().to_numpy(zero_copy_only=False) & ~first
+    return (codes >= 0) & ~first
 
 
 def _context():
@@ -203,8 +208,10 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
 
     # 2. the contract's suite
     rows = np.flatnonzero(decoded)
-    suite_failures = run_suite(_check_frame(table, rows), contract.build_suite, cfg.limits, now) if len(rows) else {}
-    later_dup = _later_duplicates(table)
+    id_codes = _id_codes(table)
+    suite_failures = (run_suite(_check_frame(table, rows, id_codes), contract.build_suite, cfg.limits, now)
+                      if len(rows) else {})
+    later_dup = _later_duplicates(table, id_codes)
     del table
     for name, idx in suite_failures.items():
         if name.startswith("duplicate:"):
