@@ -4,7 +4,7 @@
    are taken as they are; lines that did not decode to an object never reach Great Expectations.
 2. The contract's GX suite (``data_contracts/<contract>.py: build_suite``) runs once on a check frame of the decoded
    rows with ``result_format="COMPLETE"``; each failed expectation gives the failing rows (index = snapshot row) and
-   its ``meta["check"]`` names the reason. Duplicates keep their first occurrence.
+   its ``meta["check"]`` names the reason. Duplicates keep their first line in log order (object, line).
 3. Every rejected row becomes one quarantine JSONL record: source object and line, request_id, every reason, raw input.
 4. Clean rows lose the internal ``_`` columns, are PII-scrubbed (counts per pattern) and written as the clean snapshot.
 5. Batch gates (min rows, quarantine fraction, null rate of key fields, duplicate rate) are evaluated; a failure raises
