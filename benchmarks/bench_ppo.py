@@ -53,7 +53,7 @@ OURS = COMMON + textwrap.dedent("""
     cfg = PPOConfig(steps=updates, batch_size=8, samples_per_prompt=1, max_new_tokens=32, ppo_epochs=1,
                     num_minibatches=1, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"],
                     missing_eos_penalty=None, checkpoint_every=10**6, progress=False, learning_rate=1e-4,
-                    value_layers=int(sys.argv[5]) or None)
+                    value_layers=int(sys.argv[5]) or None, grad_accum=int(sys.argv[6]))
     import tempfile
     trainer = PPOTrainer(cfg, model_dir, chats, lambda p, c: reward(c), tempfile.mkdtemp(), dtype="float32", device="cpu")
     stamps, lengths = [time.perf_counter()], []
@@ -181,12 +181,13 @@ def matmul_peak(seconds: float = 3.0) -> float:
 
 
 def run_side(python: Path, script: str, model: Path, prompts: Path, updates: int, work: Path,
-             value_layers: int = 0) -> dict:
+             value_layers: int = 0, grad_accum: int = 1) -> dict:
     path = work / f"side_{abs(hash(script)) % 10**8}.py"
     path.write_text(script)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
-    proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT), str(value_layers)],
+    proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT), str(value_layers),
+                           str(grad_accum)],
                           capture_output=True, text=True, env=env, timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -202,6 +203,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--value-top", action="store_true",
                     help="also run ours with the value adapter on the top quarter of the layers (value_layers)")
+    ap.add_argument("--sides", default=None, help="comma list of ours,ours_vtop,ours_lean,trl (default: ours,trl)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per side (default: all cores; use 1 on a shared, loaded machine)")
     args = ap.parse_args()
@@ -231,41 +233,43 @@ def main() -> None:
         facts = model_facts(models[size])
         res = {}
         top = max(1, facts["layers"] // 4)
-        sides = [("ours", Path(sys.executable), OURS, 0), ("trl", trl_py, TRL, 0)]
-        if args.value_top:  # our value adapter on the top quarter of the layers, branching off the reference pass
-            sides.insert(1, ("ours_vtop", Path(sys.executable), OURS, top))
-        for side, python, script, vl in sides:
-            r = run_side(python, script, models[size], work / "prompts.json", args.updates, work, vl)
+        # ours_vtop: value adapter on the top quarter of the layers, branching off the reference pass;
+        # ours_lean: the same + 4 micro-batches (activations /4, one extra no-grad policy forward)
+        sides = {"ours": (Path(sys.executable), OURS, 0, 1), "ours_vtop": (Path(sys.executable), OURS, top, 1),
+                 "ours_lean": (Path(sys.executable), OURS, top, 4), "trl": (trl_py, TRL, 0, 1)}
+        wanted = args.sides.split(",") if args.sides else ["ours"] + (["ours_vtop", "ours_lean"] if args.value_top
+                                                                      else []) + ["trl"]
+        for side in wanted:
+            python, script, vl, accum = sides[side]
+            r = run_side(python, script, models[size], work / "prompts.json", args.updates, work, vl, accum)
             timed = r["times"][1:] or r["times"]
             s = sum(timed) / len(timed)
             flops = flops_per_update(facts, 8, prompt_len, 32, side, vl / facts["layers"])
+            if accum > 1:  # the rollout's old log-probs/values come from an extra no-grad forward
+                fwd = 8 * (prompt_len + 32) * (2 * facts["matmul_params"])
+                flops += fwd * (1 + vl / facts["layers"])
             res[side] = {"s_per_update": s, "peak_rss_mb": r["peak_mb"], "flops_per_update": flops,
                          "achieved_gflops": flops / s / 1e9, "fraction_of_peak": flops / s / peak,
                          "times": r["times"]}
             print(f"{size:>5} {side:>9}: {s:7.3f} s/update  peak RSS {r['peak_mb']:7.0f} MB  "
                   f"{flops / s / 1e9:6.1f} GFLOP/s ({100 * flops / s / peak:4.1f} % of peak)", flush=True)
-        row = {"size": size, "params_matmul": facts["matmul_params"], **res,
-               "time_ratio": res["ours"]["s_per_update"] / res["trl"]["s_per_update"],
-               "memory_ratio": res["ours"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]}
-        if "ours_vtop" in res:
-            row["time_ratio_vtop"] = res["ours_vtop"]["s_per_update"] / res["trl"]["s_per_update"]
-            row["memory_ratio_vtop"] = res["ours_vtop"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]
+        row = {"size": size, "params_matmul": facts["matmul_params"], **res}
+        for side in [k for k in res if k != "trl"] if "trl" in res else []:
+            row[f"time_ratio_{side}"] = res[side]["s_per_update"] / res["trl"]["s_per_update"]
+            row[f"memory_ratio_{side}"] = res[side]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]
         rows.append(row)
     import torch
     print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} thread(s); load average at "
           f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, LoRA r=8 q/v")
-    print(f"{'size':>5} | {'ours s/upd':>10} | {'TRL s/upd':>9} | {'time ratio':>10} | {'ours MB':>7} | "
-          f"{'TRL MB':>7} | {'mem ratio':>9} | {'ours %peak':>10} | {'TRL %peak':>9}")
+    print(f"{'size':>5} | {'side':>9} | {'s/update':>8} | {'time ratio':>10} | {'peak MB':>7} | {'mem ratio':>9} | "
+          f"{'% of peak':>9}")
     for r in rows:
-        print(f"{r['size']:>5} | {r['ours']['s_per_update']:10.3f} | {r['trl']['s_per_update']:9.3f} | "
-              f"{r['time_ratio']:10.2f} | {r['ours']['peak_rss_mb']:7.0f} | {r['trl']['peak_rss_mb']:7.0f} | "
-              f"{r['memory_ratio']:9.2f} | {100 * r['ours']['fraction_of_peak']:10.1f} | "
-              f"{100 * r['trl']['fraction_of_peak']:9.1f}")
-        if "ours_vtop" in r:
-            v = r["ours_vtop"]
-            print(f"{'':>5}   value adapter on the top quarter of the layers: {v['s_per_update']:.3f} s/update "
-                  f"(ratio {r['time_ratio_vtop']:.2f}), {v['peak_rss_mb']:.0f} MB (ratio {r['memory_ratio_vtop']:.2f}), "
-                  f"{100 * v['fraction_of_peak']:.1f} % of peak")
+        for side in [k for k in ("ours", "ours_vtop", "ours_lean", "trl") if k in r]:
+            v = r[side]
+            tr, mr = r.get(f"time_ratio_{side}"), r.get(f"memory_ratio_{side}")
+            print(f"{r['size']:>5} | {side:>9} | {v['s_per_update']:8.3f} | "
+                  f"{'' if tr is None else f'{tr:.2f}':>10} | {v['peak_rss_mb']:7.0f} | "
+                  f"{'' if mr is None else f'{mr:.2f}':>9} | {100 * v['fraction_of_peak']:9.1f}")
     if args.json:
         args.json.write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "load_average": load[0],
                                          "prompt_tokens": prompt_len, "rows": rows}, indent=2))
