@@ -62,7 +62,7 @@ def demo_snapshot(demo_logs, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_base(demo_logs, tmp_path_factory):
-    """The policy's tiny base (models/tiny.py), briefly pretrained on the demo transcripts."""
+    """A small tiny base (models/tiny.py: BPE tokenizer trained on the demo texts, Llama 96 wide, 2 layers, random init)."""
     from flywheel.demo_data import load_gold
     from models.tiny import build_tiny_model
 

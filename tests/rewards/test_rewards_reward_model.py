@@ -24,6 +24,7 @@ def trained(demo_snapshot, demo_logs, tiny_base, tmp_path_factory):
 @pytest.mark.slow
 def test_heldout_auc_on_noisy_feedback(trained):
     folder, metrics, df = trained
+    print(f"\nreward model held-out metrics: {metrics}")
     assert metrics["heldout_auc"] >= 0.8, metrics
     assert metrics["n_heldout"] >= 200 and metrics["heldout_accuracy"] > 0.7
 
