@@ -27,7 +27,7 @@ from torch import nn
 
 @dataclass
 class RewardModelTrainConfig:
-    epochs: int = 4                    # passes over the labelled rows
+    epochs: int = 6                    # passes over the labelled rows
     batch_size: int = 32               # rows (or pairs) per step
     learning_rate: float = 2e-3        # AdamW, LoRA + head
     lora_r: int = 16                   # adapter rank
