@@ -11,6 +11,14 @@ Measured on the held-out newest-day prompts against the generator's gold answers
 with the online reward. Goal: (c) >= (b) + 10 points.
 
     .venv/bin/python benchmarks/bench_efficacy.py [--rows-per-day 1500] [--ppo-steps 60] [--json out.json]
+
+Measured 2026-11-26 (shared 2-core machine, load 8-10, OMP_NUM_THREADS=1; run stopped after arm (a)):
+``--rows-per-day 500 --pretrain-chats 400 --sft-epochs 4 --rm-epochs 2``: 1,500 rows, 1,441 clean, production
+accuracy 58.5 %; base 127 s; judge stage 503 s (reward model held-out AUC 0.799, accuracy 0.703 on 269 rows);
+(a) SFT on all logs: gold 0.0 % [0.0, 3.8] on 97 held-out prompts, online reward +0.77, 680 s — the LoRA SFT on the
+lightly pretrained tiny base collapses to one answer (`{"intent": "refund", "order_id": "666666"}`): it learned the
+format, not to read the message. The goal (c) >= (b) + 10 is NOT shown yet; the base needs a real fit first (the
+FACTS probe trained all weights, 6 epochs at lr 1e-3, before any RL).
 """
 from __future__ import annotations
 
