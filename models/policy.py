@@ -54,6 +54,8 @@ def load_base(path: str | Path, dtype: str = "float32", device: str = "auto"):
 def lora_config(r: int = 8, alpha: int = 16, target_modules: list[str] | str = ("q_proj", "v_proj"),
                 layers: list[int] | None = None) -> LoraConfig:
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    if targets == ["all-linear"]:  # peft's shorthand for every linear layer but the LM head
+        targets = "all-linear"
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none",
                       layers_to_transform=layers, task_type="CAUSAL_LM")
 
