@@ -47,11 +47,20 @@ def ppo_config(cfg: FlywheelConfig, progress: bool = False):
                      lora_target_modules=list(cfg.model.lora_target_modules), progress=progress)
 
 
-def prompts_from_scored(scored_uri: str, max_prompts: int | None) -> list[list[dict]]:
-    """Distinct prompts (chat messages before the completion) of the scored snapshot, newest first."""
+def prompts_from_scored(scored_uri: str, max_prompts: int | None, eval_fraction: float = 0.0) -> list[list[dict]]:
+    """Distinct prompts (chat messages before the completion) of the scored snapshot, newest first.
+
+    The newest ``eval_fraction`` of the rows is what the evaluate stage holds out (``holdout_split``): those rows are
+    never trained on, so the candidate is judged on prompts it has not seen.
+    """
     import pandas as pd
 
-    df = pd.read_parquet(scored_uri, columns=["messages", "timestamp"]).sort_values("timestamp", ascending=False)
+    from flywheel.evaluate import holdout_split
+
+    df = pd.read_parquet(scored_uri, columns=["messages", "timestamp"])
+    if eval_fraction > 0 and len(df):
+        df = df[~holdout_split(df["timestamp"].to_numpy(), eval_fraction)]
+    df = df.sort_values("timestamp", ascending=False)
     seen = list(dict.fromkeys(df["messages"].tolist()))[:max_prompts]
     return [json.loads(m) for m in seen]
 
@@ -85,9 +94,10 @@ def run_train(cfg: FlywheelConfig, scored: Any, *, reward_fn: Callable | None = 
         from flywheel.judge_stage import build_online_reward
 
         reward_fn = build_online_reward(cfg, scored)
-    prompts = prompts_from_scored(scored.scored_uri, cfg.train.max_prompts)
+    prompts = prompts_from_scored(scored.scored_uri, cfg.train.max_prompts, cfg.evaluate.eval_fraction)
     if not prompts:
-        raise ValueError(f"{scored.scored_uri}: no prompts to train on")
+        raise ValueError(f"{scored.scored_uri}: no prompts to train on outside the newest "
+                         f"evaluate.eval_fraction={cfg.evaluate.eval_fraction} held out for evaluation")
     config = ppo_config(cfg)
     key = hashlib.sha256(json.dumps([scored.scored_uri, getattr(scored, "spec_hash", ""), init_adapter, base_model,
                                      asdict(config)], sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -32,3 +32,22 @@ def test_run_train_writes_a_candidate_and_logs_every_step(tiny_base, tiny_task, 
     # a rerun with the same inputs finds the finished checkpoint and does not train again
     again = run_train(cfg, record, reward_fn=intent_reward, base_model=str(tiny_base))
     assert again.run_id == out.run_id and again.adapter_uri == out.adapter_uri
+
+
+def test_training_prompts_exclude_the_evaluation_holdout(tmp_path):
+    """The newest rows are the evaluate stage's held-out set: training never sees them."""
+    import json
+
+    import pandas as pd
+
+    from tasks.train import prompts_from_scored
+
+    ts = pd.date_range("2026-11-20", periods=10, freq="h", tz="UTC")
+    msgs = [json.dumps([{"role": "user", "content": f"question {i}"}]) for i in range(10)]
+    path = tmp_path / "scored.parquet"
+    pd.DataFrame({"messages": msgs, "timestamp": ts}).sample(frac=1, random_state=0).to_parquet(path)
+
+    prompts = prompts_from_scored(str(path), None, eval_fraction=0.2)
+    texts = [p[0]["content"] for p in prompts]
+    assert texts == [f"question {i}" for i in range(7, -1, -1)]  # newest first, the two newest held out
+    assert len(prompts_from_scored(str(path), None, eval_fraction=0.0)) == 10
