@@ -235,10 +235,16 @@ class ActorCritic(nn.Module):
     def load_adapter_state(self, name: str, state: dict[str, Tensor]) -> None:
         set_peft_model_state_dict(self.lm, state, adapter_name=name)
 
-    def save_policy(self, path: str | Path) -> Path:
-        """The policy as ONE LoRA adapter on the original base (warm start and PPO delta concatenated, exact)."""
+    def save_policy(self, path: str | Path, max_rank: int | None = None) -> Path:
+        """The policy as ONE LoRA adapter on the original base (warm start and PPO delta concatenated, exact).
+
+        With ``max_rank`` the merged adapter is re-factored to at most that rank (``compress_lora``): exact while
+        the update's true rank fits, else its best rank-``max_rank`` approximation — so nightly champions keep a
+        rank the server accepts instead of growing by ``lora_r`` every night.
+        """
         return save_lora(path, self.lm.peft_config["policy"], self.adapter_state("policy"),
-                         (self.lm.peft_config["init"], self.adapter_state("init")) if self.has_init else None)
+                         (self.lm.peft_config["init"], self.adapter_state("init")) if self.has_init else None,
+                         max_rank=max_rank)
 
     def save_value(self, path: str | Path) -> Path:
         path = Path(path)
@@ -251,9 +257,29 @@ def _scaling(cfg: LoraConfig) -> float:
     return cfg.lora_alpha / (cfg.r ** 0.5 if cfg.use_rslora else cfg.r)
 
 
+def compress_lora(a: Tensor, b: Tensor, max_rank: int) -> tuple[Tensor, Tensor]:
+    """Re-factor ΔW = B·A into rank ≤ ``max_rank`` factors: exact if rank(ΔW) ≤ max_rank, else the best approximation.
+
+    a: (r, d_in), b: (d_out, r). With B = Q_b R_b and Aᵀ = Q_a R_a (thin QR), ΔW = Q_b (R_b R_aᵀ) Q_aᵀ, so the SVD of the
+    small r×r core U S Vᵀ gives ΔW's SVD (Q_b U) S (Q_a V)ᵀ; keeping the top k singular values is the Eckart–Young
+    optimum. Returns (a', b') of shapes (k, d_in), (d_out, k) with the singular values split evenly (√S each side).
+    """
+    k = min(max_rank, a.shape[0])
+    if a.shape[0] <= max_rank:
+        return a, b
+    qb, rb = torch.linalg.qr(b.double())  # (d_out, r), (r, r)
+    qa, ra = torch.linalg.qr(a.double().T)  # (d_in, r), (r, r)
+    u, sv, vh = torch.linalg.svd(rb @ ra.T)  # (r, r), (r,), (r, r)
+    root = sv[:k].sqrt()  # (k,)
+    b_new = (qb @ u[:, :k]) * root  # (d_out, k)
+    a_new = root[:, None] * (vh[:k] @ qa.T)  # (k, d_in)
+    return a_new.to(a.dtype), b_new.to(b.dtype)
+
+
 def save_lora(path: str | Path, cfg: LoraConfig, state: dict[str, Tensor],
-              warm: tuple[LoraConfig, dict[str, Tensor]] | None = None) -> Path:
-    """Write a peft adapter folder. With ``warm``, ΔW = s₁B₁A₁ + s₂B₂A₂ = [s₁B₁ | s₂B₂]·[A₁; A₂] (rank r₁+r₂, scale 1)."""
+              warm: tuple[LoraConfig, dict[str, Tensor]] | None = None, max_rank: int | None = None) -> Path:
+    """Write a peft adapter folder. With ``warm``, ΔW = s₁B₁A₁ + s₂B₂A₂ = [s₁B₁ | s₂B₂]·[A₁; A₂] (rank r₁+r₂, scale 1),
+    re-factored to rank ≤ ``max_rank`` when given (``compress_lora``)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     out_cfg = copy.deepcopy(cfg)
@@ -270,10 +296,14 @@ def save_lora(path: str | Path, cfg: LoraConfig, state: dict[str, Tensor],
             b1 = b1 if b1 is not None else torch.zeros(d_out, r1)
             a2 = a2 if a2 is not None else torch.zeros(r2, d_in)
             b2 = b2 if b2 is not None else torch.zeros(d_out, r2)
-            merged[f"{module}.lora_A.weight"] = torch.cat([a1, a2], 0)  # (r1+r2, in)
-            merged[f"{module}.lora_B.weight"] = torch.cat([s1 * b1, s2 * b2], 1)  # (out, r1+r2)
+            a_cat = torch.cat([a1, a2], 0)  # (r1+r2, in)
+            b_cat = torch.cat([s1 * b1, s2 * b2], 1)  # (out, r1+r2)
+            if max_rank is not None:
+                a_cat, b_cat = compress_lora(a_cat, b_cat, max_rank)  # (k, in), (out, k)
+            merged[f"{module}.lora_A.weight"] = a_cat
+            merged[f"{module}.lora_B.weight"] = b_cat
         state = merged
-        out_cfg.r = out_cfg.lora_alpha = r1 + r2
+        out_cfg.r = out_cfg.lora_alpha = r1 + r2 if max_rank is None else min(max_rank, r1 + r2)
         out_cfg.use_rslora = False
         out_cfg.layers_to_transform = None
         out_cfg.rank_pattern, out_cfg.alpha_pattern = {}, {}

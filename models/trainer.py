@@ -71,6 +71,7 @@ class PPOConfig:
     lora_r: int = 8  # LoRA rank of the policy and value adapters
     lora_alpha: int = 16  # LoRA alpha
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    max_adapter_rank: int | None = 16  # rank cap of the saved candidate (warm start + PPO delta, SVD re-factored); None = r₁+r₂
     value_layers: int | None = None  # value adapter only on the top N layers (shorter backward); None = all
     reward_model_weight: float = 1.0  # weight of the shared-base reward model's normalised score, if attached
     checkpoint_every: int = 10  # save a checkpoint every N updates (and at the end)
@@ -348,7 +349,7 @@ class PPOTrainer:
                 if on_step_end is not None:
                     on_step_end(self.step, metrics)
         if self.rank == 0:
-            self.ac.save_policy(self.out / "adapter")
+            self.ac.save_policy(self.out / "adapter", max_rank=self.cfg.max_adapter_rank)
             self.ac.save_value(self.out / "value")
         scores = [m["objective/scores"] for m in self.history]
         tail = scores[-max(1, len(scores) // 4):]

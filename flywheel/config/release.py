@@ -61,7 +61,7 @@ class ServeConfig(_Strict):
     served_model_name: str = Field("base", description="Name under which the base model is served.")
     adapter_name: str = Field("champion", description="Stable adapter name clients request; hot-swapped on deploy.")
     max_model_len: int = Field(512, ge=16, description="vLLM --max-model-len.")
-    max_lora_rank: int = Field(8, ge=1, description="vLLM --max-lora-rank (>= the adapters' r).")
+    max_lora_rank: int = Field(16, ge=1, description="vLLM --max-lora-rank (>= the adapters' r, i.e. >= train.max_adapter_rank).")
     max_loras: int = Field(2, ge=1, description="vLLM --max-loras (adapters in one batch).")
     dtype: str = Field("float32", description="vLLM --dtype.")
     extra_args: list[str] = Field(default_factory=list, description="More flags for the server (e.g. --tensor-parallel-size 2).")

@@ -52,4 +52,5 @@ class TrainConfig(_Strict):
     missing_eos_penalty: float | None = Field(-1.0, description="Score of a response without EOS (the EOS trick); None = off.")
     value_layers: int | None = Field(None, ge=1, description="Value adapter only on the top N layers (cheaper backward); None = all.")
     checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N updates; a rerun resumes from the last one.")
+    max_adapter_rank: int | None = Field(16, ge=1, description="Rank cap of the saved candidate (champion + PPO delta, SVD re-factored: exact while the update fits, else best approximation); keeps nightly champions within serve.max_lora_rank. None = ranks add up.")
     rollout_engine: Literal["hf", "vllm"] = Field("hf", description="hf (transformers generate) or vllm (if installed).")
