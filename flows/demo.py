@@ -20,7 +20,7 @@ from typing import Any
 from flywheel import demo_data
 
 # Sizes: full = `make demo` (target <= 10 min on 2 cores), fast = tests and smoke checks.
-FULL = dict(rows_per_day=600, train_steps=10, sft_epochs=4, eval_prompts=120, rm_epochs=2, max_prompts=400)
+FULL = dict(rows_per_day=400, train_steps=8, sft_epochs=3, eval_prompts=96, rm_epochs=1, max_prompts=200)
 FAST = dict(rows_per_day=240, train_steps=3, sft_epochs=2, eval_prompts=32, rm_epochs=1, max_prompts=64)
 
 
