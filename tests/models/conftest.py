@@ -71,6 +71,12 @@ def refund_reward(prompts, completions):
     return out
 
 
+@pytest.fixture(name="refund_reward")
+def refund_reward_fixture():
+    """``refund_reward`` for tests in other modules (importing ``conftest`` by name is ambiguous across folders)."""
+    return refund_reward
+
+
 @pytest.fixture(name="intent_reward", scope="session")
 def intent_reward_fixture():
     return intent_reward

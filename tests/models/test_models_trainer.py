@@ -23,9 +23,8 @@ def small_config(**kw) -> PPOConfig:
 
 
 @pytest.mark.slow
-def test_ppo_raises_a_learnable_rule_reward_with_bounded_kl(tiny_base, tiny_task, tmp_path):
+def test_ppo_raises_a_learnable_rule_reward_with_bounded_kl(tiny_base, tiny_task, tmp_path, refund_reward):
     """The base answers JSON with a random intent; the rule rewards valid JSON naming "refund"."""
-    from conftest import refund_reward  # noqa: PLC0415  (tests/models/conftest.py)
 
     prompts = [p for p, _, _ in tiny_task]
     cfg = small_config(steps=15, seed=0, batch_size=16, ppo_epochs=4, num_minibatches=2, learning_rate=3e-3,
