@@ -1,5 +1,6 @@
 """The train stage's plain function: scored snapshot → candidate adapter, MLflow run with per-step metrics."""
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -23,7 +24,8 @@ def test_run_train_writes_a_candidate_and_logs_every_step(tiny_base, tiny_task, 
                              "model.device": "cpu"})
     record = type("Scored", (), {"scored_uri": str(scored), "spec_hash": "test"})()
     out = run_train(cfg, record, reward_fn=intent_reward, base_model=str(tiny_base))
-    assert out.steps == 2 and out.prompts == 40 and out.init_adapter is None
+    held_out = math.ceil(40 * cfg.evaluate.eval_fraction)  # the newest rows belong to the evaluate stage
+    assert out.steps == 2 and out.prompts == 40 - held_out and out.init_adapter is None
     lm, _ = load_base(out.base_model)
     PeftModel.from_pretrained(lm, out.adapter_uri)  # the candidate loads on its base
     client = mlflow.tracking.MlflowClient(f"sqlite:///{state_dir.resolve() / 'mlflow.db'}")
