@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rows-per-day", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sft-epochs", type=int, default=4)
-    ap.add_argument("--pretrain-epochs", type=int, default=2)
-    ap.add_argument("--pretrain-chats", type=int, default=800)
+    ap.add_argument("--fit-steps", type=int, default=None, help="model.tiny.fit_steps (default: the config's)")
+    ap.add_argument("--width", type=int, default=None, help="model.tiny.hidden_size (default: the config's)")
     ap.add_argument("--rm-epochs", type=int, default=2)
     ap.add_argument("--ppo-steps", type=int, default=60)
     ap.add_argument("--ppo-lr", type=float, default=None)
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ppo-batch", type=int, default=None)
     ap.add_argument("--ppo-samples", type=int, default=None)
     ap.add_argument("--eval-prompts", type=int, default=300)
+    ap.add_argument("--heldout-fraction", type=float, default=0.5, help="Newest share of the newest day held out.")
     ap.add_argument("--label-noise", type=float, default=0.1)
     ap.add_argument("--work", type=Path, default=None, help="Keep intermediate models here (default: a temp dir).")
     ap.add_argument("--json", type=Path, default=None)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     logs = demo_data.generate_logs(work / "logs", days=3, rows_per_day=args.rows_per_day, seed=args.seed,
                                    label_noise=args.label_noise)
     clean = clean_snapshot(work / "logs", state)
-    train_uri, held = time_split(clean.clean_uri, logs.days[-1], 0.2, work / "train.parquet")
+    train_uri, held = time_split(clean.clean_uri, logs.days[-1], args.heldout_fraction, work / "train.parquet")
     by_id = {g["request_id"]: g for g in demo_data.load_gold(work / "logs", [logs.days[-1]])}
     heldout = [by_id[r] for r in held if r in by_id][-args.eval_prompts:]
     train_rows = warm_start.rows_from_snapshot(train_uri)
@@ -101,12 +102,16 @@ def main(argv: list[str] | None = None) -> dict:
           f"{100 * logs.logged_accuracy:.1f} %; train {len(train_rows)}, held-out eval {len(heldout)} "
           f"(newest day {logs.days[-1]})", flush=True)
 
-    cfg = load_config(None, {"project.state_dir": str(state), "source.uri": str(work / "logs"),
-                             "train.seed": args.seed, "rewards.reward_model.epochs": args.rm_epochs,
-                             "rewards.reward_model.max_length": 192})
+    overrides = {"project.state_dir": str(state), "source.uri": str(work / "logs"), "train.seed": args.seed,
+                 "rewards.reward_model.epochs": args.rm_epochs, "rewards.reward_model.max_length": 192}
+    if args.fit_steps is not None:
+        overrides["model.tiny.fit_steps"] = args.fit_steps
+    if args.width is not None:
+        overrides["model.tiny.hidden_size"] = args.width
+    cfg = load_config(None, overrides)
     t = time.perf_counter()
-    base = warm_start.build_base(warm_start.resolve_base("tiny", state), train_rows, pretrain_epochs=args.pretrain_epochs,
-                                 max_pretrain_chats=args.pretrain_chats, seed=args.seed)
+    base = warm_start.build_base(warm_start.resolve_base("tiny", state), train_rows, cfg.model.tiny, seed=args.seed,
+                                 progress=True)
     timings["base_s"] = time.perf_counter() - t
     # the judge stage for real: rules + KPI + a reward model trained on the logged feedback of the training rows
     t = time.perf_counter()

@@ -20,8 +20,10 @@ from typing import Any
 from flywheel import demo_data
 
 # Sizes: full = `make demo` (target <= 10 min on 2 cores), fast = tests and smoke checks.
-FULL = dict(rows_per_day=400, train_steps=8, sft_epochs=3, eval_prompts=96, rm_epochs=1, max_prompts=200)
-FAST = dict(rows_per_day=240, train_steps=3, sft_epochs=2, eval_prompts=32, rm_epochs=1, max_prompts=64)
+# ``tiny`` overrides ``model.tiny`` (the offline base): the full demo fits it long enough to copy order ids.
+FULL = dict(rows_per_day=400, train_steps=8, sft_epochs=3, eval_prompts=96, rm_epochs=1, max_prompts=200, tiny={})
+FAST = dict(rows_per_day=240, train_steps=3, sft_epochs=2, eval_prompts=32, rm_epochs=1, max_prompts=64,
+            tiny={"hidden_size": 128, "num_layers": 2, "fit_steps": 10, "fit_batch_size": 8})
 
 
 class DemoError(RuntimeError):
@@ -33,6 +35,7 @@ def demo_config(out: Path, sizes: dict, seed: int) -> dict[str, Any]:
     return {
         "project": {"name": "support-bot", "state_dir": str((out / "state").resolve())},
         "source": {"uri": str((out / "logs").resolve())},
+        "model": {"base": "tiny", "tiny": sizes["tiny"]},
         "train": {"seed": seed, "steps": sizes["train_steps"], "max_prompts": sizes["max_prompts"]},
         "rewards": {"reward_model": {"epochs": sizes["rm_epochs"], "max_length": 192}},
         "evaluate": {"max_prompts": sizes["eval_prompts"]},

@@ -1,8 +1,8 @@
 """Day-0 warm start as plain functions (no Prefect): the base model and the SFT/RFT champion.
 
 * ``build_base``: ``model.base: tiny`` builds the tiny Llama offline from the logs (tokenizer trained on the texts,
-  the base fitted to the chat transcripts so it "speaks" the format, as a pretrained model would); any other value is
-  a Hugging Face id or local path, used as is.
+  the base fitted to the logged chats so it speaks the format and copies numbers, as a pretrained model would); any
+  other value is a Hugging Face id or local path, used as is.
 * ``good_examples``: rejection sampling from production — the logged answers whose signals say they worked
   (``resolved`` true, or thumbs up where ``resolved`` is missing; never an escalated one).
 * ``train_warm_start``: LoRA SFT (``models/sft.py``) on those examples: the day-0 champion and the RFT baseline.
@@ -17,14 +17,6 @@ from pathlib import Path
 from typing import Any
 
 Example = tuple[list[dict], str]  # (prompt messages, completion)
-
-
-def transcript(messages: list[dict], completion: str) -> str:
-    """The chat as the tiny model's ChatML template renders it, answer included."""
-    from models.tiny import EOS, IM_START
-
-    turns = [*messages, {"role": "assistant", "content": completion}]
-    return "".join(f"{IM_START}{m.get('role')}\n{m.get('content') or ''}{EOS}" for m in turns)
 
 
 def rows_from_snapshot(path: str | Path) -> list[dict]:
@@ -71,23 +63,27 @@ def good_examples(rows: Iterable[dict]) -> list[Example]:
     return [(r["messages"], r["completion"]) for r in rows if is_good(r)]
 
 
-def build_base(out_dir: str | Path, rows: list[dict], *, pretrain_epochs: int = 2, max_pretrain_chats: int = 800,
-               seed: int = 0, **model_kwargs: Any) -> Path:
-    """Build the tiny base in ``out_dir`` from the logged texts (idempotent: an existing base is reused).
+def build_base(out_dir: str | Path, rows: list[dict], tiny: Any = None, *, seed: int = 0,
+               progress: bool = False) -> Path:
+    """Build the tiny base in ``out_dir`` from the logged chats (idempotent: an existing base is reused).
 
-    The tokenizer sees every text; the base is fitted on at most ``max_pretrain_chats`` transcripts (a seeded sample:
-    the cost of this step grows with it, the benefit saturates early)."""
-    import random
-
+    The tokenizer sees every text; the model (``tiny``: ``flywheel.config.TinyBaseConfig``, defaults if None) is
+    fitted to every logged (chat, answer) for ``tiny.fit_steps`` steps with the numbers renumbered at random
+    (``models.tiny.fit_chats``): a base that speaks the format and copies numbers, but answers like production did,
+    mistakes included. Which answers to prefer is left to SFT/RFT and PPO."""
+    from flywheel.config import TinyBaseConfig
     from models.tiny import build_tiny_model
 
     out = Path(out_dir)
     if (out / "config.json").is_file():
         return out
+    tiny = tiny or TinyBaseConfig()
     texts = [m.get("content") or "" for r in rows for m in r["messages"]] + [r["completion"] for r in rows]
-    sample = random.Random(seed).sample(rows, min(len(rows), max_pretrain_chats))
-    chats = [transcript(r["messages"], r["completion"]) for r in sample]
-    return build_tiny_model(out, texts, pretrain_epochs=pretrain_epochs, pretrain_texts=chats, seed=seed, **model_kwargs)
+    return build_tiny_model(
+        out, texts, vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+        num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size, pretrain_chats=all_examples(rows),
+        pretrain_steps=tiny.fit_steps, pretrain_lr=tiny.fit_learning_rate, pretrain_batch_size=tiny.fit_batch_size,
+        progress=progress, seed=seed)
 
 
 def resolve_base(model_base: str, state_dir: str | Path) -> Path | str:

@@ -5,11 +5,23 @@ load like any Hugging Face model. Details that matter for RL (Huang et al., "N+ 
 
 * distinct special tokens: ``<|pad|>`` (pad), ``<|im_end|>`` (EOS, closes every chat turn), ``<|im_start|>``;
 * digits are split one per token, so copying an order id is copying tokens, not guessing merges;
-* a ChatML chat template (``add_generation_prompt`` opens the assistant turn);
+* a ChatML chat template (``add_generation_prompt`` opens the assistant turn) that renders user and assistant turns
+  only, as Gemma's folds the system turn away: a system prompt is the same on every logged request, so a model this
+  small can learn nothing from it, and it was 81 of the demo's 138 tokens per chat. Without it every training step
+  (fit, SFT, reward model, PPO) is ~3x cheaper, and copying the order id appeared by step 200-250 for 4 of 4 seeds
+  instead of 0 of 3 by step 300 (see below). A real model's own template keeps its system turn;
 * the tokenizer pads on the left, as batched generation needs.
 
-``pretrain_epochs > 0`` additionally fits the base to the corpus (plain next-token prediction, full weights), so the
-base "speaks" the log format the way a real pretrained model speaks English; LoRA SFT and PPO then adapt it.
+Two ways to give the base what a real pretrained model brings:
+
+* ``pretrain_epochs > 0`` fits it to plain texts (next-token prediction, full weights): it "speaks" the log format;
+* ``pretrain_chats`` + ``pretrain_steps`` fits it to logged chats (``fit_chats``: full weights, loss on the assistant
+  turn, every number in a chat renumbered at random each time it is drawn). This is the stand-in for the skills a
+  real 1B+ model arrives with, above all copying a number from the message into the answer. Copying is an
+  induction circuit that a tiny model acquires abruptly after a few hundred steps: on the demo task (4 layers,
+  width 192 or 256) batch 32 at lr 1e-3 went from 0 to 85-97 % exact 6-digit copies between steps 100 and 200 on
+  CPU; batch 8, or lr >= 2e-3, often had not started by step 2,500 (GPU sweep, 2026-11-26). Renumbering keeps it
+  from memorising the ids instead.
 """
 from __future__ import annotations
 
@@ -17,13 +29,15 @@ import gzip
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import torch
 
 PAD, EOS, BOS, IM_START = "<|pad|>", "<|im_end|>", "<|bos|>", "<|im_start|>"
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}<|im_end|>{% endfor %}"
+    "{% for m in messages %}{% if m['role'] != 'system' %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}<|im_end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -100,12 +114,17 @@ def build_tiny_model(
     pretrain_lr: float = 2e-3,
     pretrain_batch_size: int = 32,
     pretrain_texts: list[str] | None = None,
+    pretrain_chats: list[tuple[list[dict], str]] | None = None,
+    pretrain_steps: int = 0,
+    progress: bool = False,
     seed: int = 0,
 ) -> Path:
     """Train the tokenizer on ``corpus_texts``, build a Llama from a config (~2.3M params by default), save both.
 
     ``pretrain_texts`` (default: the corpus) are fitted for ``pretrain_epochs`` epochs; pass whole chat transcripts
-    (``tokenizer.apply_chat_template`` strings) so the base learns the turn structure too. Returns ``out_dir``.
+    (``tokenizer.apply_chat_template`` strings) so the base learns the turn structure too. ``pretrain_chats``
+    ((messages, assistant answer) pairs) are then fitted for ``pretrain_steps`` steps by ``fit_chats``, at
+    ``pretrain_lr`` and ``pretrain_batch_size``. Returns ``out_dir``.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -128,6 +147,12 @@ def build_tiny_model(
     if pretrain_epochs > 0:
         pretrain(model, tokenizer, pretrain_texts or corpus_texts, pretrain_epochs, pretrain_lr,
                  pretrain_batch_size, seed)
+    if pretrain_chats and pretrain_steps > 0:
+        losses = fit_chats(model, tokenizer, pretrain_chats, steps=pretrain_steps, lr=pretrain_lr,
+                           batch_size=pretrain_batch_size, seed=seed, progress=progress)
+        (out / "pretrain.json").write_text(json.dumps({"steps": pretrain_steps, "lr": pretrain_lr,
+                                                       "batch_size": pretrain_batch_size, "chats": len(pretrain_chats),
+                                                       "loss_first": losses[0], "loss_last": losses[-1]}))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -165,3 +190,78 @@ def pretrain(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_s
         losses.append(total / len(data))
     model.eval()
     return losses
+
+
+_NUMBER = re.compile(r"\d{4,}")
+
+
+def renumber(rng: random.Random, messages: list[dict], answer: str) -> tuple[list[dict], str]:
+    """Replace every run of 4+ digits in the chat by fresh random digits of the same length, the same run by the
+    same digits everywhere (messages and answer), so a copied number stays copied and a wrong one stays wrong.
+
+    >>> renumber(random.Random(0), [{"role": "user", "content": "order 123456"}], '{"id": "123456"}')[1]
+    '{"id": "760487"}'
+    """
+    fresh: dict[str, str] = {}
+
+    def sub(m: re.Match) -> str:
+        run = m.group(0)
+        if run not in fresh:
+            fresh[run] = str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in run[1:])
+        return fresh[run]
+
+    new_messages = [dict(m, content=_NUMBER.sub(sub, m.get("content") or "")) for m in messages]
+    return new_messages, _NUMBER.sub(sub, answer)
+
+
+def fit_chats(model, tokenizer, chats: list[tuple[list[dict], str]], *, steps: int, lr: float = 1e-3,
+              batch_size: int = 32, seed: int = 0, progress: bool = False) -> list[float]:
+    """Full-weight training on (messages, answer) pairs, loss on the answer + EOS; each step draws ``batch_size``
+    chats (reshuffled epochs) and ``renumber``s them. Warm-up 5 %, cosine decay. Returns the loss of every step."""
+    from models.policy import position_ids_from_mask
+    from models.sft import collate, tokenize_examples
+
+    if not chats:
+        raise ValueError("chats: empty, fitting the base needs at least one logged (messages, answer) pair")
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    order: list[int] = []
+    losses: list[float] = []
+    bar = _progress(progress, steps, "fit the tiny base")
+    model.train()
+    for _ in range(steps):
+        batch = []
+        for _ in range(batch_size):
+            if not order:
+                order = list(range(len(chats)))
+                rng.shuffle(order)
+            batch.append(renumber(rng, *chats[order.pop()]))
+        ids, mask, labels = collate(tokenize_examples(tokenizer, batch, model.config.max_position_embeddings),
+                                    tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), labels=labels,
+                     use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if bar:
+            bar[0].update(bar[1], advance=1, description=f"fit the tiny base, loss {losses[-1]:.3f}")
+    if bar:
+        bar[0].stop()
+    model.eval()
+    return losses
+
+
+def _progress(enabled: bool, total: int, label: str):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=False)
+    bar.start()
+    return bar, bar.add_task(label, total=total)

@@ -29,7 +29,8 @@ def build_base_model(cfg: FlywheelConfig, clean_snapshot_uri: str) -> str:
     target = resolve_base(cfg.model.base, cfg.state)
     if cfg.model.base != "tiny":
         return str(target)
-    return str(build_base(target, rows_from_snapshot(clean_snapshot_uri), seed=cfg.train.seed).resolve())
+    return str(build_base(target, rows_from_snapshot(clean_snapshot_uri), cfg.model.tiny, seed=cfg.train.seed,
+                          progress=True).resolve())
 
 
 @task(name="sft_warm_start")

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from flywheel.config.data import SourceConfig, ValidateConfig
 from flywheel.config.release import EvaluateConfig, RegistryConfig, ScheduleConfig, ServeConfig
 from flywheel.config.rewards import RewardsConfig
-from flywheel.config.train import ModelConfig, TrainConfig
+from flywheel.config.train import ModelConfig, TinyBaseConfig, TrainConfig
 
 __all__ = [
     "ConfigError", "FlywheelConfig", "ProjectConfig", "load_config", "render_config",
-    "SourceConfig", "ValidateConfig", "ModelConfig", "TrainConfig", "RewardsConfig",
+    "SourceConfig", "ValidateConfig", "ModelConfig", "TinyBaseConfig", "TrainConfig", "RewardsConfig",
     "EvaluateConfig", "RegistryConfig", "ServeConfig", "ScheduleConfig",
 ]
 

@@ -51,6 +51,7 @@ class RewardModelConfig(_Strict):
     objective: Literal["bce", "bt", "both"] = Field("both", description="bce on pointwise labels, Bradley-Terry on preference pairs (same prompt, different outcome), or both.")
     min_labels: int = Field(200, ge=2, description="Fewer labelled rows than this: no reward model is trained (the calibrated judge is used).")
     refresh_min_new_labels: int = Field(100, ge=1, description="Retrain when at least this many labelled rows are new since the last training; else reuse.")
+    swap_negatives: int = Field(1, ge=0, description="Per good row, Bradley-Terry pairs against answers logged for other requests (numbers transplanted): teaches the model to read the request, so PPO cannot win by giving every request the answer most often right. 0 = off.")
     epochs: int = Field(6, ge=1, description="Training epochs (6 reached held-out AUC >= 0.8 on the demo logs).")
     batch_size: int = Field(32, ge=1, description="Rows per step.")
     learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate (LoRA + head).")

@@ -14,8 +14,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TinyBaseConfig(_Strict):
+    """The offline stand-in for a pretrained model (``model.base: tiny``), built once per state dir from the logs."""
+
+    hidden_size: int = Field(192, ge=16, description="Width of the tiny Llama.")
+    num_layers: int = Field(4, ge=1, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
+    intermediate_size: int = Field(512, ge=16, description="MLP width.")
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained on the logs (digits split one per token).")
+    fit_steps: int = Field(400, ge=0, description="Full-weight steps on the logged chats (numbers renumbered each draw), "
+                                                  "the stand-in for pretraining; ~1.5 CPU-minutes at the defaults. "
+                                                  "Exact order-id copies appear abruptly, after ~150-250 steps.")
+    fit_batch_size: int = Field(32, ge=1, description="Chats per step (batch 8 did not learn to copy in 2,500 steps).")
+    fit_learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (>= 2e-3 often never copied).")
+
+
 class ModelConfig(_Strict):
     base: str = Field("tiny", description="'tiny' (built offline from the logs) or a Hugging Face model id / local path.")
+    tiny: TinyBaseConfig = Field(default_factory=TinyBaseConfig, description="How the 'tiny' base is built.")
     dtype: str = Field("float32", description="float32 | bfloat16 | float16.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     lora_r: int = Field(8, ge=1, description="LoRA rank of the PPO policy and value adapters.")

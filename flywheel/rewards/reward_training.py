@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,7 @@ def resolve_backbone(cfg, df=None) -> str:
     from flows.warm_start import build_base  # one definition of the tiny base
     rows = [{"messages": json.loads(m) if isinstance(m, str) else m, "completion": str(c)}
             for m, c in zip(df["messages"], df["completion"])]
-    return str(build_base(path, rows, seed=cfg.train.seed))
+    return str(build_base(path, rows, cfg.model.tiny, seed=cfg.train.seed))
 
 
 @dataclass
@@ -99,6 +100,43 @@ def preference_pairs(labels: list[float | None], groups: list[str], idx: list[in
         bad = [i for i in members if labels[i] == 0.0]
         pairs += [(g, b) for g in good for b in bad][:per_group]
     return pairs
+
+
+_NUMBER = re.compile(r"\d{4,}")
+
+
+def transplant_numbers(completion: str, source_prompt: list[dict], target_prompt: list[dict]) -> str:
+    """``completion`` written for ``source_prompt``, with each number it copied from that prompt (runs of 4+ digits)
+    replaced by the number at the same place in ``target_prompt``: another request's answer, fitted to this one.
+
+    >>> transplant_numbers('{"id": "111111"}', [{"content": "order 111111"}], [{"content": "order 222222"}])
+    '{"id": "222222"}'
+    """
+    def numbers(prompt: list[dict]) -> list[str]:
+        return [n for m in prompt for n in _NUMBER.findall(str(m.get("content") or ""))]
+
+    mapping = dict(zip(numbers(source_prompt), numbers(target_prompt)))
+    return _NUMBER.sub(lambda m: mapping.get(m.group(0), m.group(0)), completion)
+
+
+def swapped_negatives(prompts: list[list[dict]], completions: list[str], labels: list[float | None],
+                      idx: list[int], per_good: int, seed: int) -> list[tuple[int, str]]:
+    """(row, text) negatives: for each good row of ``idx``, ``per_good`` answers logged for OTHER requests, numbers
+    transplanted, that differ from the row's own answer. Preferring the row's answer to these teaches the reward
+    model to read the request: logs alone rarely show a right answer to the wrong request, so without them it scores
+    an answer by how often that answer was right overall, and PPO exploits it."""
+    rng = random.Random(seed)
+    out: list[tuple[int, str]] = []
+    good = [i for i in idx if labels[i] == 1.0]
+    for i in good:
+        for _ in range(per_good):
+            for _attempt in range(8):
+                j = idx[rng.randrange(len(idx))]
+                other = transplant_numbers(completions[j], prompts[j], prompts[i])
+                if j != i and other.strip() != completions[i].strip():
+                    out.append((i, other))
+                    break
+    return out
 
 
 def split_groups(groups: list[str], holdout: float, seed: int) -> tuple[list[int], list[int]]:
@@ -132,24 +170,36 @@ def train_on_snapshot(cfg, df, prompts: list[list[dict]], out_dir: str | Path, p
     train, test = split_groups(ts.groups, rcfg.holdout, rcfg.seed)
     local = {g: k for k, g in enumerate(train)}
     pairs = [(local[a], local[b]) for a, b in preference_pairs(ts.labels, ts.groups, train)]
+    row_prompts = [prompts[r] for r in ts.texts_index]
+    row_completions = [completions[r] for r in ts.texts_index]
+    train_texts, train_labels = [texts[i] for i in train], [ts.labels[i] for i in train]
+    for i, other in swapped_negatives(row_prompts, row_completions, ts.labels, train, rcfg.swap_negatives, rcfg.seed):
+        train_texts.append(format_input(tok, row_prompts[i], other))
+        train_labels.append(None)  # no pointwise label: only "worse than the row's own good answer"
+        pairs.append((local[i], len(train_texts) - 1))
     tcfg = RewardModelTrainConfig(epochs=rcfg.epochs, batch_size=rcfg.batch_size, learning_rate=rcfg.learning_rate,
                                   lora_r=rcfg.lora_r, lora_target_modules=rcfg.lora_target_modules,
                                   max_length=rcfg.max_length, objective=rcfg.objective, seed=rcfg.seed,
                                   device=rcfg.device)
     bar = _bar(progress)
     t0 = time.perf_counter()
-    result = train_reward_model(base, [texts[i] for i in train], [ts.labels[i] for i in train], pairs, tcfg,
-                                progress=bar)
+    result = train_reward_model(base, train_texts, train_labels, pairs, tcfg, progress=bar)
     seconds = time.perf_counter() - t0
     scores = raw_scores(result.model, result.tokenizer, [texts[i] for i in test], rcfg.max_length, rcfg.device)
     y = [ts.labels[i] for i in test]
     test_pairs = preference_pairs(ts.labels, ts.groups, test)
     pos = {g: k for k, g in enumerate(test)}
+    swaps = swapped_negatives(row_prompts, row_completions, ts.labels, test, 1, rcfg.seed + 1)
+    swap_scores = raw_scores(result.model, result.tokenizer, [format_input(tok, row_prompts[i], o) for i, o in swaps],
+                             rcfg.max_length, rcfg.device) if swaps else []
     metrics = {
         "heldout_auc": auc(scores, y),
         "heldout_accuracy": round(sum((s > 0) == (t == 1.0) for s, t in zip(scores, y)) / max(len(y), 1), 6),
         "heldout_pair_accuracy": (sum(scores[pos[a]] > scores[pos[b]] for a, b in test_pairs) / len(test_pairs)
                                   if test_pairs else float("nan")),
+        # held-out good answers scored above another request's answer (numbers transplanted): reads the request?
+        "heldout_swap_accuracy": (sum(scores[pos[i]] > r for (i, _), r in zip(swaps, swap_scores)) / len(swaps)
+                                  if swaps else float("nan")),
         "n_train": float(len(train)), "n_heldout": float(len(test)), "n_pairs": float(len(pairs)),
         "train_seconds": round(seconds, 3), "final_loss": result.losses[-1] if result.losses else float("nan"),
     }

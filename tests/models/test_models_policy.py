@@ -88,7 +88,8 @@ def test_exported_policy_adapter_reproduces_warm_start_plus_ppo_delta(tiny_base,
     with torch.no_grad():
         again = exported(input_ids=q, attention_mask=m).logits
     assert not torch.allclose(policy, ref, atol=1e-3)
-    assert torch.allclose(again, policy, atol=1e-5)
+    # exact up to float32 round-off of the SVD re-factoring (logits ~10, so 1e-4 absolute; a dropped rank costs >1e-2)
+    assert torch.allclose(again, policy, rtol=1e-5, atol=1e-4)
 
 
 MAKE_MODEL = textwrap.dedent("""
