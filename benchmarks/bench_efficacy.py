@@ -12,13 +12,24 @@ with the online reward. Goal: (c) >= (b) + 10 points.
 
     .venv/bin/python benchmarks/bench_efficacy.py [--rows-per-day 1500] [--ppo-steps 60] [--json out.json]
 
-Measured 2026-11-26 (shared 2-core machine, load 8-10, OMP_NUM_THREADS=1; run stopped after arm (a)):
-``--rows-per-day 500 --pretrain-chats 400 --sft-epochs 4 --rm-epochs 2``: 1,500 rows, 1,441 clean, production
-accuracy 58.5 %; base 127 s; judge stage 503 s (reward model held-out AUC 0.799, accuracy 0.703 on 269 rows);
-(a) SFT on all logs: gold 0.0 % [0.0, 3.8] on 97 held-out prompts, online reward +0.77, 680 s — the LoRA SFT on the
-lightly pretrained tiny base collapses to one answer (`{"intent": "refund", "order_id": "666666"}`): it learned the
-format, not to read the message. The goal (c) >= (b) + 10 is NOT shown yet; the base needs a real fit first (the
-FACTS probe trained all weights, 6 epochs at lr 1e-3, before any RL).
+Measured 2026-11-26 on the idle 2-core machine, ``--rows-per-day 1500 --rm-epochs 4 --ppo-steps 30 --ppo-lr 3e-4
+--ppo-samples 4 --ppo-batch 8`` (497 s in all): 4,322 clean rows, production accuracy 59.5 %; the tiny base fitted in
+84 s (it copies order ids: gold went from 0 % to 77 %); reward model held-out AUC 0.843, good answer above a swapped
+one 98.2 %, 169 s; 300 held-out prompts:
+
+  (a) SFT on all logs   77.0 % [71.9, 81.4]   cancel_order 0 %: production's refund mistake, imitated
+  (b) RFT               76.3 % [71.2, 80.8]   cancel_order 0 % greedy; it samples cancel_order 11 % of the time
+  (c) PPO from (b)      74.3 % [69.1, 79.0]   -2.0 points: the goal (c) >= (b) + 10 is NOT met
+
+The reward model ranks the right intent first for 4 of 5 request kinds, cancel_order included (its answer +0.16 vs
+refund -2.54, raw), so the reward is there; PPO does not climb it. Seven more runs on the same base, reward model and
+RFT (``/tmp`` scripts, not kept): GAE with lr 1e-3, T 0.8-1.5, 4-8 samples per prompt, 1-4 epochs; RLOO
+(``--ppo-advantage rloo``) with lr 5e-4-2e-3, 30-100 updates, beta 0.05-0.3. Gold moved by -1 to -74 points,
+cancel_order stayed at 0 % greedy, and the training reward stayed flat within its batch-to-batch noise (std ~0.3). What
+PPO changed was id copying (12 -> 35 wrong ids of 300 after 30 RLOO updates at lr 1e-3): the LoRA update perturbs the
+attention that copies digits before it moves the intent. Not yet tried: full-weight or MLP-only policy updates
+(FACTS.md's probe that worked updated all weights at lr 3e-5 for 147 steps), many more updates at a lower lr, and
+a larger share of cancel requests in the rollout prompts.
 """
 from __future__ import annotations
 
@@ -73,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ppo-kl", type=float, default=None)
     ap.add_argument("--ppo-batch", type=int, default=None)
     ap.add_argument("--ppo-samples", type=int, default=None)
+    ap.add_argument("--ppo-advantage", choices=["gae", "rloo"], default=None)
     ap.add_argument("--eval-prompts", type=int, default=300)
     ap.add_argument("--heldout-fraction", type=float, default=0.5, help="Newest share of the newest day held out.")
     ap.add_argument("--label-noise", type=float, default=0.1)
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg_ppo = PPOConfig(seed=args.seed, steps=args.ppo_steps, progress=True, checkpoint_every=10_000)
     for key, val in (("learning_rate", args.ppo_lr), ("init_kl_coef", args.ppo_kl), ("batch_size", args.ppo_batch),
-                     ("samples_per_prompt", args.ppo_samples)):
+                     ("samples_per_prompt", args.ppo_samples), ("advantage", args.ppo_advantage)):
         if val is not None:
             setattr(cfg_ppo, key, val)
     prompts = [r["messages"] for r in train_rows]

@@ -124,6 +124,22 @@ def gae(values: Tensor, rewards: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     return advantages, (advantages + values) * mask
 
 
+def rloo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, group: int) -> Tensor:
+    """Leave-one-out advantages (RLOO, Ahmadian et al. 2024): each response's KL-penalised return minus the mean return
+    of the other responses to the same prompt, on every response token. No value function: with a sparse reward at
+    the end of a short answer, a value head that starts at zero is noise for many updates.
+
+    scores: (B,), kl, mask: (B, T), rows grouped by prompt (``group`` consecutive rows each) → advantages (B, T).
+    """
+    B = scores.shape[0]
+    if group < 2 or B % group:
+        raise ValueError(f"rloo needs >= 2 samples per prompt and whole groups; got group={group}, batch={B}")
+    returns = scores - kl_coef * (kl * mask).sum(1)  # (B,)
+    g = returns.view(B // group, group)  # (P, k)
+    baseline = (g.sum(1, keepdim=True) - g) / (group - 1)  # (P, k) mean of the others
+    return (g - baseline).reshape(B, 1) * mask  # (B, T)
+
+
 # ---------------------------------------------------------------------------------------------- losses
 def policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_coef: float = 0.2

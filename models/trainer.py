@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from models.policy import ActorCritic, load_base
 from models.ppo import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalized_rewards,
-                        kl_per_token, masked_mean, masked_whiten, policy_loss, value_loss)
+                        kl_per_token, masked_mean, masked_whiten, policy_loss, rloo_advantages, value_loss)
 from models.rollout import HFRolloutEngine
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]
@@ -67,6 +67,7 @@ class PPOConfig:
     kl_estimator: str = "k1"  # per-token KL in the reward: k1 | k3
     early_stop_kl: float | None = None  # stop the PPO epochs of a batch once approx-KL exceeds this
     whiten_rewards: bool = False  # whiten the shaped rewards (mean kept)
+    advantage: str = "gae"  # gae (value head, per-token GAE) | rloo (leave-one-out over samples_per_prompt; value unused)
     missing_eos_penalty: float | None = -1.0  # the EOS trick: score of a response cut before EOS (None = off)
     lora_r: int = 8  # LoRA rank of the policy and value adapters
     lora_alpha: int = 16  # LoRA alpha
@@ -87,6 +88,10 @@ class PPOConfig:
         self.minibatch_size = self.rollout_size // self.num_minibatches
         self.micro_batch_size = self.minibatch_size // self.grad_accum
         self.fused_first_pass = self.ppo_epochs == 1 and self.num_minibatches == 1 and self.grad_accum == 1
+        if self.advantage not in ("gae", "rloo"):
+            raise ValueError(f"advantage: expected 'gae' or 'rloo', got {self.advantage!r}")
+        if self.advantage == "rloo" and self.samples_per_prompt < 2:
+            raise ValueError("advantage 'rloo' needs samples_per_prompt >= 2 (the other samples are the baseline)")
 
 
 @dataclass
@@ -226,7 +231,11 @@ class PPOTrainer:
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(old_values, rewards, mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, mask)
+        if cfg.advantage == "rloo":  # (B, T): same advantage on every token of a response, scaled to unit std
+            advantages = rloo_advantages(scores, kl, mask, self.kl_ctl.value, cfg.samples_per_prompt)
+            advantages = masked_whiten(advantages, mask, shift_mean=False)
+        else:
+            advantages = masked_whiten(advantages, mask)
         # 6. PPO epochs × minibatches × micro-batches
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "v_loss", "entropy", "clipfrac", "vf_clipfrac",
                                                           "approx_kl")}

@@ -65,6 +65,7 @@ class TrainConfig(_Strict):
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
     early_stop_kl: float | None = Field(None, gt=0, description="Stop a batch's PPO epochs once approx-KL exceeds this.")
     whiten_rewards: bool = Field(False, description="Whiten the shaped rewards (mean kept).")
+    advantage: Literal["gae", "rloo"] = Field("gae", description="gae: value head + per-token GAE; rloo: each sample's return minus the mean of the other samples of its prompt (needs samples_per_prompt >= 2; the value head is not used).")
     missing_eos_penalty: float | None = Field(-1.0, description="Score of a response without EOS (the EOS trick); None = off.")
     value_layers: int | None = Field(None, ge=1, description="Value adapter only on the top N layers (cheaper backward); None = all.")
     checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N updates; a rerun resumes from the last one.")

@@ -113,6 +113,21 @@ def test_gae_matches_a_plain_loop_per_sequence(gamma, lam):
         assert adv[b, n:].abs().sum() == 0 and ret[b, n:].abs().sum() == 0
 
 
+def test_rloo_advantage_is_return_minus_mean_of_the_other_samples():
+    g, mask, lengths = _batch(8, B=6, T=5)
+    scores, kl = torch.randn(6, generator=g), torch.rand(6, 5, generator=g)
+    adv = ppo.rloo_advantages(scores, kl, mask, kl_coef=0.1, group=3)
+    returns = [float(scores[b]) - 0.1 * float((kl[b] * mask[b]).sum()) for b in range(6)]
+    for b in range(6):
+        others = [returns[j] for j in range(3 * (b // 3), 3 * (b // 3) + 3) if j != b]
+        want = returns[b] - sum(others) / 2
+        n = int(lengths[b])
+        assert adv[b, :n].tolist() == pytest.approx([want] * n, abs=1e-5)
+        assert adv[b, n:].abs().sum() == 0
+    with pytest.raises(ValueError, match="whole groups"):
+        ppo.rloo_advantages(scores[:5], kl[:5], mask[:5], 0.1, group=3)
+
+
 def test_policy_loss_clipped_surrogate_by_hand():
     g, mask, lengths = _batch(7, B=4, T=6)
     old = torch.randn(4, 6, generator=g)
