@@ -27,6 +27,28 @@ def test_heldout_auc_on_noisy_feedback(trained):
     print(f"\nreward model held-out metrics: {metrics}")
     assert metrics["heldout_auc"] >= 0.8, metrics
     assert metrics["n_heldout"] >= 200 and metrics["heldout_accuracy"] > 0.7
+    assert metrics["heldout_swap_accuracy"] > 0.7, metrics  # it reads the request, not only the answer
+
+
+def test_swapped_negatives_are_other_answers_fitted_to_the_request():
+    import doctest
+
+    from flywheel.rewards import reward_training
+    from flywheel.rewards.reward_training import swapped_negatives
+
+    assert doctest.testmod(reward_training).failed == 0
+    prompts = [[{"role": "user", "content": f"{kind} order {oid}"}] for kind, oid in
+               [("refund", "111111"), ("cancel", "222222"), ("track", "333333"), ("refund", "444444")]]
+    answers = ['{"intent": "refund", "order_id": "111111"}', '{"intent": "cancel", "order_id": "222222"}',
+               '{"intent": "track", "order_id": "333333"}', '{"intent": "refund", "order_id": "444444"}']
+    labels = [1.0, 1.0, 0.0, None]
+    negatives = swapped_negatives(prompts, answers, labels, [0, 1, 2, 3], per_good=3, seed=0)
+    assert {i for i, _ in negatives} == {0, 1} and len(negatives) == 6  # good rows only, 3 each
+    for i, text in negatives:
+        oid = prompts[i][0]["content"][-6:]
+        assert f'"order_id": "{oid}"' in text  # the number transplanted to this request
+        assert text != answers[i]  # never the row's own answer, nor one identical to it after transplanting
+    assert ('{"intent": "refund", "order_id": "111111"}' not in [t for i, t in negatives if i == 0])
 
 
 @pytest.mark.slow
