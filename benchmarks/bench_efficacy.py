@@ -78,13 +78,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sft-epochs", type=int, default=4)
     ap.add_argument("--fit-steps", type=int, default=None, help="model.tiny.fit_steps (default: the config's)")
     ap.add_argument("--width", type=int, default=None, help="model.tiny.hidden_size (default: the config's)")
-    ap.add_argument("--rm-epochs", type=int, default=2)
-    ap.add_argument("--ppo-steps", type=int, default=60)
-    ap.add_argument("--ppo-lr", type=float, default=None)
+    ap.add_argument("--rm-epochs", type=int, default=4)
+    ap.add_argument("--ppo-steps", type=int, default=100)
+    ap.add_argument("--ppo-lr", type=float, default=1e-3)
     ap.add_argument("--ppo-kl", type=float, default=None)
-    ap.add_argument("--ppo-batch", type=int, default=None)
-    ap.add_argument("--ppo-samples", type=int, default=None)
-    ap.add_argument("--ppo-advantage", choices=["gae", "rloo"], default=None)
+    ap.add_argument("--ppo-batch", type=int, default=16)
+    ap.add_argument("--ppo-samples", type=int, default=4)
+    ap.add_argument("--ppo-advantage", choices=["gae", "rloo"], default="rloo")
+    ap.add_argument("--ppo-temperature", type=float, default=0.7)
+    ap.add_argument("--ppo-epochs", type=int, default=1)
+    ap.add_argument("--ppo-minibatches", type=int, default=1)
     ap.add_argument("--eval-prompts", type=int, default=300)
     ap.add_argument("--heldout-fraction", type=float, default=0.5, help="Newest share of the newest day held out.")
     ap.add_argument("--label-noise", type=float, default=0.1)
@@ -133,11 +136,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"base {timings['base_s']:.0f} s; judge stage {timings['judge_s']:.0f} s, reward model "
           f"{ {k: round(v, 3) for k, v in judged.reward_model_metrics.items()} }", flush=True)
     arms: dict[str, dict] = {}
+    hits: dict[str, list[bool]] = {}
 
     def evaluate(name: str, adapter: Path | None, seconds: float) -> None:
         acc = goldlib.gold_accuracy(base, adapter, heldout)
         prompts = [g["messages"] for g in heldout]
         online = reward(prompts, goldlib.generate(base, adapter, prompts))
+        hits[name] = acc["hits"]
         arms[name] = {"gold_accuracy": acc["accuracy"], "ci": acc["ci"], "per_intent": acc["per_intent"],
                       "online_reward": round(sum(online) / len(online), 3), "train_seconds": round(seconds, 1)}
         print(f"  {name:<32} gold {acc['accuracy']:5.1f} % [{acc['ci'][0]:.1f}, {acc['ci'][1]:.1f}]  "
@@ -152,11 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     warm_start.train_warm_start(base, good, work / "rft", epochs=args.sft_epochs, seed=args.seed)
     evaluate(f"(b) RFT ({len(good)} resolved)", work / "rft", time.perf_counter() - t)
 
-    cfg_ppo = PPOConfig(seed=args.seed, steps=args.ppo_steps, progress=True, checkpoint_every=10_000)
-    for key, val in (("learning_rate", args.ppo_lr), ("init_kl_coef", args.ppo_kl), ("batch_size", args.ppo_batch),
-                     ("samples_per_prompt", args.ppo_samples), ("advantage", args.ppo_advantage)):
-        if val is not None:
-            setattr(cfg_ppo, key, val)
+    overrides = {"learning_rate": args.ppo_lr, "init_kl_coef": args.ppo_kl, "batch_size": args.ppo_batch,
+                 "samples_per_prompt": args.ppo_samples, "advantage": args.ppo_advantage,
+                 "temperature": args.ppo_temperature, "ppo_epochs": args.ppo_epochs,
+                 "num_minibatches": args.ppo_minibatches}
+    cfg_ppo = PPOConfig(seed=args.seed, steps=args.ppo_steps, progress=True, checkpoint_every=10_000,
+                        **{k: v for k, v in overrides.items() if v is not None})  # sizes derive in __post_init__
     prompts = [r["messages"] for r in train_rows]
     t = time.perf_counter()
     result = train_ppo(cfg_ppo, base, prompts, reward, work / "ppo", init_adapter=work / "rft", resume=False,
@@ -167,17 +173,22 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = cfg_ppo
     rm_info = judged.reward_model_metrics
 
-    b, c = arms[next(k for k in arms if k.startswith("(b)"))], arms["(c) PPO from (b), online reward"]
-    gain = round(c["gold_accuracy"] - b["gold_accuracy"], 2)
-    out = {"arms": arms, "gain_c_minus_b": gain, "goal_met": gain >= 10.0, "reward_model": rm_info,
+    b_name, c_name = next(k for k in arms if k.startswith("(b)")), "(c) PPO from (b), online reward"
+    gain = round(arms[c_name]["gold_accuracy"] - arms[b_name]["gold_accuracy"], 2)
+    gain_ci = goldlib.paired_gain_ci(hits[b_name], hits[c_name])  # same prompts: paired bootstrap
+    out = {"arms": arms, "gain_c_minus_b": gain, "gain_ci": gain_ci, "goal_met": gain >= 10.0,
+           "reward_model": rm_info,
            "ppo": {"steps": cfg.steps, "lr": cfg.learning_rate, "init_kl_coef": cfg.init_kl_coef,
                    "batch_size": cfg.batch_size, "samples_per_prompt": cfg.samples_per_prompt,
+                   "advantage": cfg.advantage, "temperature": cfg.temperature, "ppo_epochs": cfg.ppo_epochs,
+                   "num_minibatches": cfg.num_minibatches,
                    "reward_start": result.reward_start, "reward_end": result.reward_end, "curve": curve},
            "logs": {"rows_per_day": args.rows_per_day, "production_accuracy": logs.logged_accuracy,
                     "accuracy_by_intent": logs.accuracy_by_intent, "label_noise": args.label_noise},
            "eval_prompts": len(heldout), "seconds": {k: round(v, 1) for k, v in timings.items()},
            "total_seconds": round(time.perf_counter() - t0, 1), "load": os.getloadavg()[0]}
-    print(f"\n(c) - (b) = {gain:+.1f} points of gold accuracy (goal >= +10): {'met' if out['goal_met'] else 'NOT met'}; "
+    print(f"\n(c) - (b) = {gain:+.1f} points of gold accuracy, 95 % CI [{gain_ci[0]:+.1f}, {gain_ci[1]:+.1f}] "
+          f"(goal >= +10): {'met' if out['goal_met'] else 'NOT met'}; "
           f"total {out['total_seconds']:.0f} s, load {out['load']:.1f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -41,6 +41,17 @@ def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (round(max(0.0, 100 * (centre - half)), 2), round(min(100.0, 100 * (centre + half)), 2))
 
 
+def paired_gain_ci(hits_a: list[bool], hits_b: list[bool], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % paired-bootstrap interval of accuracy(b) - accuracy(a), in points, over the same prompts."""
+    if len(hits_a) != len(hits_b) or not hits_a:
+        raise ValueError(f"paired_gain_ci: need two equal, non-empty hit lists; got {len(hits_a)} and {len(hits_b)}")
+    rng = random.Random(seed)
+    d = [int(b) - int(a) for a, b in zip(hits_a, hits_b)]
+    n = len(d)
+    gains = sorted(100 * sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return (round(gains[int(0.025 * n_boot)], 2), round(gains[int(0.975 * n_boot) - 1], 2))
+
+
 def generate(base_dir: str | Path, adapter_dir: str | Path | None, prompts: list[list[dict]],
              max_new_tokens: int = 40, batch_size: int = 64) -> list[str]:
     """Greedy answers of base (+ adapter) to chat ``prompts``."""
@@ -77,4 +88,5 @@ def gold_accuracy(base_dir: str | Path, adapter_dir: str | Path | None, gold: li
             per_intent[intent] = round(100 * sum(hits[i] for i in idx) / len(idx), 1)
     k, n = sum(hits), len(hits)
     return {"accuracy": round(100 * k / max(n, 1), 2), "ci": wilson_ci(k, n), "n": n, "per_intent": per_intent,
+            "hits": hits,
             "examples": [{"answer": a, "gold": g["completion"]} for a, g in list(zip(answers, gold))[:3]]}

@@ -53,3 +53,17 @@ def test_flows_report_refuses_counts_that_do_not_add_up(tmp_path):
         demo_report.write_json({"nights": [night]}, tmp_path / "r.json")
     with pytest.raises(ValueError, match="missing keys"):
         demo_report.write_json({"nights": [{"night": 1}]}, tmp_path / "r.json")
+
+
+def test_paired_gain_ci_brackets_the_gain_and_rejects_unpaired_lists():
+    import pytest
+
+    from flows.gold import paired_gain_ci
+
+    a = [True] * 70 + [False] * 30
+    b = [True] * 70 + [True] * 15 + [False] * 15  # +15 points on the same prompts
+    low, high = paired_gain_ci(a, b)
+    assert 5 < low < 15 < high < 25
+    assert paired_gain_ci(a, a) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="equal"):
+        paired_gain_ci(a, b[:-1])
