@@ -36,7 +36,9 @@ def demo_config(out: Path, sizes: dict, seed: int) -> dict[str, Any]:
         "project": {"name": "support-bot", "state_dir": str((out / "state").resolve())},
         "source": {"uri": str((out / "logs").resolve())},
         "model": {"base": "tiny", "tiny": sizes["tiny"]},
-        "train": {"seed": seed, "steps": sizes["train_steps"], "max_prompts": sizes["max_prompts"]},
+        # the PPO recipe bench_efficacy measured (+13 gold points after 100 updates); a demo night runs only a few
+        "train": {"seed": seed, "steps": sizes["train_steps"], "max_prompts": sizes["max_prompts"], "advantage": "rloo",
+                  "temperature": 0.7, "learning_rate": 1e-3, "ppo_epochs": 1, "num_minibatches": 1},
         "rewards": {"reward_model": {"epochs": sizes["rm_epochs"], "max_length": 192}},
         "evaluate": {"max_prompts": sizes["eval_prompts"]},
     }
