@@ -56,8 +56,10 @@ demo: venv
 test: venv vllm-env
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# ruff (style, line length) and import-linter (the layer contracts in .importlinter)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(OUT) .flywheel .pytest_cache

@@ -28,7 +28,7 @@ def generate(data: Path, rows: int, defect_rate: float) -> None:
     if marker.exists():
         return
     shutil.rmtree(data, ignore_errors=True)
-    from flywheel.demo_data import generate_logs
+    from demo.support_triage import generate_logs
 
     days = 4
     generate_logs(data, days=days, rows_per_day=rows // days, seed=0, defect_rate=defect_rate,
@@ -57,8 +57,8 @@ def _scenario(args) -> dict:
         import great_expectations  # noqa: F401
 
         from flywheel.config.data import S3Config, SourceConfig, ValidateConfig
-        from flywheel.observe import observe
-        from flywheel.validate import GateFailed, validate
+        from tasks.observe import observe
+        from tasks.validate import GateFailed, validate
     imports = time.perf_counter() - t0
     start = time.perf_counter()
     cpu0 = _cpu()
@@ -211,7 +211,8 @@ def main() -> None:
         figures["cpu_efficiency_vs_peer"] = round(local["rows_per_cpu_s"] / peer["rows_per_cpu_s"], 2)
         print(f"\nlocal vs peer (json.loads + json_normalize + Parquet, no validation): "
               f"{figures['speedup_vs_peer']}x rows/s, {figures['cpu_efficiency_vs_peer']}x rows per CPU-second")
-    print(f"load average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores: "
+    print(f"load average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}, "
+          f"on {os.cpu_count()} cores: "
           "with other work on the machine, rows per CPU-second is the fair figure")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

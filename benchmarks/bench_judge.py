@@ -35,7 +35,7 @@ def endpoint_calls(base_url: str) -> int:
 def bench_judge(rows: int, latency_s: float, tmp: Path) -> dict:
     import random
 
-    from flywheel.demo_data import gold_completion, make_prompt
+    from demo.support_triage import gold_completion, make_prompt
     from flywheel.rewards.judge import JudgeClient, VerdictCache, load_rubric
 
     rng = random.Random(0)
@@ -70,7 +70,7 @@ def bench_judge(rows: int, latency_s: float, tmp: Path) -> dict:
 def bench_reward_model(rm_rows: int, tmp: Path, epochs: int, hidden: int, layers: int, max_length: int) -> dict:
     import torch
 
-    from flywheel.demo_data import generate_logs, load_gold
+    from demo.support_triage import generate_logs, load_gold
     from flywheel.rewards.calibration import auc
     from flywheel.rewards.kpi import binary_label
     from flywheel.rewards.reward_training import preference_pairs, split_groups

@@ -1,6 +1,7 @@
 """Our PPO vs TRL 1.12.0's ``trl.experimental.ppo``, side by side in one run, on the tiny model and a ~100M Llama.
 
-Same prompts (demo triage chats), batch 8, response length 32, 1 PPO epoch, 1 minibatch, LoRA r=8 on q_proj/v_proj,
+Same prompts (demo triage chats), batch 8, response length 32, 1 PPO epoch, 1 minibatch, GAE with a value model on
+both sides (ours: ``advantage="gae"`` at temperature 1.0, not the critic-free defaults), LoRA r=8 on q_proj/v_proj,
 float32, the same Python reward (wrapped in an ``nn.Module`` for TRL, whose PPO wants a reward *model*). Each side
 runs in its own process (TRL in a throwaway venv ``.venv-trl`` that this script creates on first use), so peak RSS
 is per side. Prints seconds per PPO update (mean after the first), peak RSS, the ratios, and achieved FLOP/s as a
@@ -51,11 +52,13 @@ OURS = COMMON + textwrap.dedent("""
     sys.path.insert(0, sys.argv[4])
     from models.trainer import PPOConfig, PPOTrainer
     cfg = PPOConfig(steps=updates, batch_size=8, samples_per_prompt=1, max_new_tokens=32, ppo_epochs=1,
-                    num_minibatches=1, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"],
+                    num_minibatches=1, advantage="gae", temperature=1.0, lora_r=8, lora_alpha=16,
+                    lora_target_modules=["q_proj", "v_proj"],
                     missing_eos_penalty=None, checkpoint_every=10**6, progress=False, learning_rate=1e-4,
                     value_layers=int(sys.argv[5]) or None, grad_accum=int(sys.argv[6]))
     import tempfile
-    trainer = PPOTrainer(cfg, model_dir, chats, lambda p, c: reward(c), tempfile.mkdtemp(), dtype="float32", device="cpu")
+    trainer = PPOTrainer(cfg, model_dir, chats, lambda p, c: reward(c), tempfile.mkdtemp(), dtype="float32",
+                         device="cpu")
     stamps, lengths = [time.perf_counter()], []
     def on_step_end(step, m):
         stamps.append(time.perf_counter()); lengths.append(m["charts/response_length"])
@@ -109,7 +112,8 @@ TRL = COMMON + textwrap.dedent("""
 def ensure_trl_venv() -> Path:
     """Create ``.venv-trl`` (torch==2.13.0 first, then trl==1.12.0 constrained to it) unless it already works."""
     py = TRL_VENV / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import trl.experimental.ppo"], capture_output=True).returncode == 0:
+    if py.exists() and subprocess.run([str(py), "-c", "import trl.experimental.ppo"],
+                                      capture_output=True).returncode == 0:
         return py
     print("creating .venv-trl (torch==2.13.0 + trl==1.12.0), a few minutes ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
@@ -128,7 +132,7 @@ def build_models(work: Path, sizes: list[str]) -> dict[str, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from flywheel import demo_data as dd
+    from demo import support_triage as dd
     from models.tiny import build_tiny_model
 
     rng = random.Random(0)
@@ -219,8 +223,9 @@ def main() -> None:
     models = build_models(work, sizes)
     import random
 
-    from flywheel import demo_data as dd
     from transformers import AutoTokenizer
+
+    from demo import support_triage as dd
     rng = random.Random(1)
     chats = [dd.make_prompt(rng)[0] for _ in range(64)]
     (work / "prompts.json").write_text(json.dumps(chats))
@@ -260,7 +265,8 @@ def main() -> None:
         rows.append(row)
     import torch
     print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} thread(s); load average at "
-          f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, LoRA r=8 q/v")
+          f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, "
+          "LoRA r=8 q/v")
     print(f"{'size':>5} | {'side':>9} | {'s/update':>8} | {'time ratio':>10} | {'peak MB':>7} | {'mem ratio':>9} | "
           f"{'% of peak':>9}")
     for r in rows:

@@ -1,4 +1,4 @@
-"""Contract v1 of the interaction log (DESIGN.md §2) as a Great Expectations 1.x suite.
+"""Contract v1 of the interaction log (one JSON object per model call) as a Great Expectations 1.x suite.
 
 Validate runs the suite on a check frame built from the raw snapshot (one row per decoded log line):
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from flywheel.config.data import LimitsConfig
+from data_contracts.limits import Limits
 
 NAME = "interaction_log_v1"
 REQUIRED = ("request_id", "timestamp", "task", "model_version", "messages", "completion")
@@ -28,11 +28,11 @@ MAX_LATENCY_MS = 3_600_000
 MAX_ID_CHARS = 256
 
 
-def build_suite(limits: LimitsConfig | None = None, now: str | None = None) -> gx.ExpectationSuite:
+def build_suite(limits: Limits | None = None, now: str | None = None) -> gx.ExpectationSuite:
     """The suite; ``now`` (ISO, UTC) bounds timestamps: later than now + ``limits.max_future_seconds`` fails."""
     import datetime as dt
 
-    limits = limits or LimitsConfig()
+    limits = limits or Limits()
     now_ts = dt.datetime.fromisoformat(now) if now else dt.datetime.now(dt.UTC)
     latest = now_ts + dt.timedelta(seconds=limits.max_future_seconds)
     roles = "|".join(ROLES)

@@ -3,10 +3,10 @@
 * run names carry the night (``train-2026-11-25``);
 * results persist under ``<state>/prefect-results`` (a LocalFileSystem block saved per state dir, as Prefect 3 wants
   result storage registered server-side), so a rerun of the same night finds them;
-* the cache key of a stage is a hash of its inputs (upstream records, the config, the night), so rerunning a night
-  skips every stage that finished and resumes at the one that failed; ``refresh=True`` recomputes;
-* retries with exponential backoff only on stages that do I/O against flaky services (S3, judge endpoint, registry,
-  serving) — never on training;
+* the cache key of a stage is a hash of its inputs (upstream records, the config, the night) and of the task's
+  source code, so rerunning a night skips every stage that finished and resumes at the one that failed, while a
+  code change recomputes the stages it touched; ``refresh=True`` recomputes everything;
+* retries stay as each task declares them (only stages that do I/O against flaky services retry, never training);
 * any exception leaves the task as ``StageFailed("stage <name> failed: <reason>")`` so the flow run's message says
   where it broke.
 """
@@ -80,22 +80,17 @@ class Night:
         self.storage = block
 
 
-IO_RETRIES = {"observe": 3, "commit": 3}  # only where the task owner set none; never training or registration
-
-
 def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
     """Call Prefect ``task`` for stage ``name`` with the night's options; raise StageFailed naming the stage."""
-    from prefect.tasks import exponential_backoff
+    source = task_source_digest(task)
 
     def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
-        return f"{name}-{night.day}-{digest(night.config_digest, params)}"
+        return f"{name}-{night.day}-{digest(night.config_digest, source, params)}"
 
     options: dict[str, Any] = dict(
         task_run_name=f"{name}-{night.day}", persist_result=True, result_storage=night.storage,
         cache_key_fn=cache_key, refresh_cache=night.refresh,
     )
-    if name in IO_RETRIES and not getattr(task, "retries", 0):
-        options.update(retries=IO_RETRIES[name], retry_delay_seconds=exponential_backoff(backoff_factor=2))
     configured = task.with_options(**options)
     inner: list[float] = []
     configured.fn = _timed(configured.fn, inner)
@@ -128,7 +123,20 @@ def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
     return timed
 
 
-def call_plain(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def task_source_digest(task: Any) -> str:
+    """Hash of the source of the module that defines ``task`` (its logic lives there), as Prefect's TASK_SOURCE."""
+    import inspect
+    import sys
+
+    module = sys.modules.get(task.fn.__module__)
+    try:
+        text = inspect.getsource(module) if module is not None else inspect.getsource(task.fn)
+    except (OSError, TypeError):
+        text = task.fn.__qualname__
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_glue(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run plain (non-task) glue with the same failure convention."""
     try:
         return fn(*args, **kwargs)

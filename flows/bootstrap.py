@@ -9,7 +9,11 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from flows._stage import Night, StageFailed, digest, run_stage
-from flows.continuous_improvement import _config, night_of
+from flows.continuous_improvement import load_flow_config, night_of
+from flywheel.base_model import resolve_base
+from tasks.bootstrap import build_base_model, existing_champion, register_champion, sft_warm_start
+from tasks.observe import commit_observed, observe_logs
+from tasks.validate import validate_snapshot
 
 __all__ = ["BootstrapRecord", "bootstrap_champion"]
 
@@ -31,24 +35,6 @@ class BootstrapRecord(BaseModel):
     stage_run_seconds: dict[str, float] = {}
 
 
-def _existing_champion(cfg) -> tuple[int, str] | None:
-    """(version, adapter folder) of the registry's champion, or None."""
-    from flywheel.promote import CHAMPION, alias_version, client_for, fetch_adapter
-    from flywheel.tracking import tracking_uri
-
-    uri = tracking_uri(cfg.state, cfg.registry.tracking_uri)
-    name = cfg.registry.model_name or cfg.project.name
-    client = client_for(uri)
-    try:
-        version = alias_version(client, name, CHAMPION)
-    except Exception:  # noqa: BLE001 - no registered model yet
-        return None
-    if version is None:
-        return None
-    _, folder = fetch_adapter(uri, name, CHAMPION, cfg.state / "models" / f"champion-v{version}")
-    return version, str(folder)
-
-
 def _bootstrap_name() -> str:
     from prefect.runtime import flow_run
 
@@ -59,17 +45,11 @@ def _bootstrap_name() -> str:
 def bootstrap_champion(config_path: str | None = None, day: str | None = None,
                        overrides: dict[str, Any] | None = None, sft_epochs: int = 4) -> BootstrapRecord:
     """Register the day-0 champion (idempotent: with a champion already registered, nothing is trained)."""
-    from tasks.bootstrap import build_base_model, register_champion, sft_warm_start
-    from tasks.observe import commit_observed, observe_logs
-    from tasks.validate import validate_snapshot
-
     log = get_run_logger()
-    cfg = _config(config_path, overrides)
+    cfg = load_flow_config(config_path, overrides)
     night = Night(day=night_of(day, cfg.schedule.timezone), state=cfg.state, config_digest=digest(cfg, sft_epochs))
     night.ensure_storage()
-    from flows.warm_start import resolve_base
-
-    existing = _existing_champion(cfg)
+    existing = existing_champion(cfg)
     if existing is not None:
         log.info(f"champion v{existing[0]} already registered: bootstrap skipped")
         return BootstrapRecord(day=night.day, status="existing", base_model=str(resolve_base(cfg.model.base, cfg.state)),
@@ -77,11 +57,11 @@ def bootstrap_champion(config_path: str | None = None, day: str | None = None,
     observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
     if not observation.new_data:
         raise StageFailed("observe", f"no logs to bootstrap from in {cfg.source.uri}: {observation.message}")
-    clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validate_, str(cfg.state))
+    clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validation, str(cfg.state))
     run_stage(night, "commit", commit_observed, observation, str(cfg.state))
-    base = run_stage(night, "build_base", build_base_model, cfg, clean.clean_uri)
-    warm = run_stage(night, "sft", sft_warm_start, cfg, clean.clean_uri, base, sft_epochs)
-    release = run_stage(night, "register", register_champion, cfg, warm, clean.snapshot_hash)
+    base = run_stage(night, "build_base", build_base_model, cfg, clean)
+    warm = run_stage(night, "sft", sft_warm_start, cfg, clean, base, sft_epochs)
+    release = run_stage(night, "register", register_champion, cfg, warm)
     if release.champion_version is None:
         raise StageFailed("register", f"the warm start was not made champion: {release.reason}")
     rec = BootstrapRecord(day=night.day, status="bootstrapped", rows_in=clean.rows_in, rows_clean=clean.rows_clean,

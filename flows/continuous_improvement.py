@@ -1,6 +1,7 @@
-"""The nightly flow: observe -> validate -> judge -> train -> evaluate -> promote -> deploy (DESIGN.md §1).
+"""The nightly flow: observe -> validate -> score -> train -> evaluate -> promote -> deploy.
 
-Each stage is a Prefect task of ``tasks/`` passing small typed records (URIs, counts, hashes, ids). ``flows/_stage.py``
+Each stage is a Prefect task of ``tasks/`` passing the typed records of ``flywheel/records.py`` (URIs, counts,
+hashes, ids, each naming its upstream record). ``flows/_stage.py``
 gives every call its night-stamped run name, persisted result, input-derived cache key (a rerun of the same night
 skips finished stages) and a failure message naming the stage. Every run publishes a Markdown summary and a gate
 table as Prefect artifacts, and returns a ``NightRecord``.
@@ -15,13 +16,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from flows._stage import Night, StageFailed, call_plain, digest, run_stage
+from flows._stage import Night, StageFailed, digest, run_glue, run_stage
 from flywheel.config import FlywheelConfig, load_config
+from flywheel.records import Candidate, Deployment, Evaluation, Release
 from tasks.deploy import deploy_champion
 from tasks.evaluate import evaluate_candidate
-from tasks.judge import judge_snapshot
 from tasks.observe import commit_observed, observe_logs
 from tasks.promote import promote_candidate
+from tasks.score import score_snapshot
 from tasks.train import train_candidate
 from tasks.validate import validate_snapshot
 
@@ -80,8 +82,8 @@ def _run_name() -> str:
     return f"nightly-{params.get('day') or dt.date.today().isoformat()}"
 
 
-def _config(config_path: str | None, overrides: dict[str, Any] | None) -> FlywheelConfig:
-    return call_plain("config", load_config, config_path or None, overrides or {})
+def load_flow_config(config_path: str | None, overrides: dict[str, Any] | None) -> FlywheelConfig:
+    return run_glue("config", load_config, config_path or None, overrides or {})
 
 
 @flow(name="continuous-improvement", flow_run_name=_run_name, log_prints=True, persist_result=False)
@@ -90,7 +92,7 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
     """One night of the flywheel. ``day`` names the night (default: today in ``schedule.timezone``); ``refresh``
     recomputes every stage instead of reusing the results a previous run of the same night persisted."""
     log = get_run_logger()
-    cfg = _config(config_path, overrides)
+    cfg = load_flow_config(config_path, overrides)
     night = Night(day=night_of(day, cfg.schedule.timezone), state=cfg.state, config_digest=digest(cfg), refresh=refresh)
     night.ensure_storage()
 
@@ -99,28 +101,29 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
         record = NightRecord(day=night.day, status="skipped", reason=f"no new logs: {observation.message}")
         log.info(record.reason)
         return _finish(night, record)
-    clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validate_, str(cfg.state))
+    clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validation, str(cfg.state))
     run_stage(night, "commit", commit_observed, observation, str(cfg.state))
     record = NightRecord(day=night.day, status="completed", rows_in=clean.rows_in, rows_clean=clean.rows_clean,
                          rows_quarantined=clean.rows_quarantined, snapshot_hash=clean.snapshot_hash)
-    scored = run_stage(night, "judge", judge_snapshot, cfg, clean)
-    candidate = run_stage(night, "train", train_candidate, cfg, scored)
-    evaluation = run_stage(night, "evaluate", evaluate_candidate, cfg, candidate, scored)
-    release = run_stage(night, "promote", promote_candidate, cfg, candidate, evaluation, scored)
-    deployed = run_stage(night, "deploy", deploy_champion, cfg, release)
-    _fill(record, candidate, evaluation, release, deployed)
+    scores = run_stage(night, "score", score_snapshot, cfg, clean)
+    candidate = run_stage(night, "train", train_candidate, cfg, scores)
+    evaluation = run_stage(night, "evaluate", evaluate_candidate, cfg, candidate, scores)
+    release = run_stage(night, "promote", promote_candidate, cfg, candidate, evaluation)
+    deployment = run_stage(night, "deploy", deploy_champion, cfg, release)
+    record_outcome(record, candidate, evaluation, release, deployment)
     return _finish(night, record)
 
 
-def _fill(record: NightRecord, candidate: Any, evaluation: Any, release: Any, deployed: Any) -> None:
+def record_outcome(record: NightRecord, candidate: Candidate, evaluation: Evaluation, release: Release,
+                   deployment: Deployment) -> None:
     """Copy the numbers of the stage records (and the evaluation report) into the night's record."""
     import json
 
     s = evaluation.summary
-    record.candidate_uri = getattr(candidate, "adapter_uri", None)
-    record.base_model = getattr(candidate, "base_model", None)
-    record.reward_curve = reward_curve(getattr(candidate, "metrics_uri", None))
-    record.train_run_id = getattr(candidate, "run_id", None)
+    record.candidate_uri = candidate.adapter_uri
+    record.base_model = candidate.base_model
+    record.reward_curve = reward_curve(candidate.metrics_uri)
+    record.train_run_id = candidate.run_id
     record.eval_run_id, record.eval_report_html = evaluation.run_id, evaluation.report_html
     record.gain, record.gain_ci = s.get("gain"), s.get("gain_ci")
     report = json.loads(Path(evaluation.report_json).read_text())
@@ -141,7 +144,7 @@ def _fill(record: NightRecord, candidate: Any, evaluation: Any, release: Any, de
     record.decision, record.reason = release.decision, release.reason
     record.champion_version = None if release.champion_version is None else str(release.champion_version)
     record.candidate_version = None if release.version is None else str(release.version)
-    record.deploy = deployed.model_dump(mode="json") if hasattr(deployed, "model_dump") else dict(deployed or {})
+    record.deploy = deployment.model_dump(mode="json")
 
 
 def reward_curve(metrics_uri: str | None) -> list[float]:
@@ -161,7 +164,7 @@ def _finish(night: Night, record: NightRecord) -> NightRecord:
     return record
 
 
-def _f(x: Any) -> str:
+def fmt(x: Any) -> str:
     return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
@@ -171,11 +174,12 @@ def publish_artifacts(record: NightRecord) -> None:
     lines = [
         f"# Night {record.day}: {record.status}",
         "",
-        "| rows in | clean | quarantined | champion reward | candidate reward (95 % CI) | gain (95 % CI) | decision | champion |",
+        "| rows in | clean | quarantined | champion reward | candidate reward (95 % CI) | gain (95 % CI) | decision | "
+        "champion |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {record.rows_in} | {record.rows_clean} | {record.rows_quarantined} | {_f(record.champion_reward)} | "
-        f"{_f(record.candidate_reward)} [{_f(ci[0])}, {_f(ci[1])}] | {_f(record.gain)} "
-        f"[{_f((record.gain_ci or [None, None])[0])}, {_f((record.gain_ci or [None, None])[1])}] | "
+        f"| {record.rows_in} | {record.rows_clean} | {record.rows_quarantined} | {fmt(record.champion_reward)} | "
+        f"{fmt(record.candidate_reward)} [{fmt(ci[0])}, {fmt(ci[1])}] | {fmt(record.gain)} "
+        f"[{fmt((record.gain_ci or [None, None])[0])}, {fmt((record.gain_ci or [None, None])[1])}] | "
         f"{record.decision or record.status} | v{record.champion_version or '-'} |",
         "",
         f"**Reason:** {record.reason or '-'}",

@@ -67,137 +67,152 @@ def _messages(value) -> tuple[bytes, int, int, str] | None:
     return orjson.dumps(value), len(value), longest, ",".join(sorted(roles))
 
 
-class _Columns:
+class _RawColumns:
+    """The raw-snapshot columns of one object, filled row by row (the per-line path) or in bulk (``_fast_columns``)."""
+
     def __init__(self, key: str, dt: str):
         self.key, self.dt = key, dt
-        self.c: dict[str, list] = {name: [] for name in RAW_SCHEMA.names}
-        self.raws: list = []   # the input of every row (references, no copies), for late-found errors
+        self.columns: dict[str, list] = {name: [] for name in RAW_SCHEMA.names}
+        self.inputs: list = []   # the input of every row (references, no copies), for late-found errors
 
-    def bad(self, line: int, raw: bytes, reason: str) -> None:
-        c = self.c
+    def add_undecoded(self, line: int, raw: bytes, reason: str) -> None:
+        """A line that is not a JSON object: only its number, raw text and reason are kept."""
+        columns = self.columns
         for name in RAW_SCHEMA.names:
-            c[name].append(None)
-        c["source_line"][-1], c["_errors"][-1], c["_decoded"][-1] = line, reason, False
-        c["_raw"][-1] = raw.decode("utf-8", "backslashreplace")
-        self.raws.append(raw)
+            columns[name].append(None)
+        columns["source_line"][-1], columns["_errors"][-1], columns["_decoded"][-1] = line, reason, False
+        columns["_raw"][-1] = raw.decode("utf-8", "backslashreplace")
+        self.inputs.append(raw)
 
-    def add(self, obj: dict, line: int, raw) -> None:
-        c, errors = self.c, []
+    def add_record(self, record: dict, line: int, raw) -> None:
+        """A decoded record; each field of the wrong type becomes null and a ``type:<field>`` reason."""
+        columns, errors = self.columns, []
+        self._add_text_fields(record, errors)
+        self._add_messages(record.get("messages"), errors)
+        self._add_feedback(record, errors)
+        self._add_latency_and_metadata(record, errors)
+        columns["source_line"].append(line)
+        columns["_decoded"].append(True)
+        self.inputs.append(raw)
+        if errors:
+            columns["_errors"].append("|".join(errors))
+            columns["_raw"].append(_text(raw))
+        else:
+            columns["_errors"].append(None)
+            columns["_raw"].append(None)
+
+    def _add_text_fields(self, record: dict, errors: list[str]) -> None:
         for name in _STR_FIELDS:
-            v = obj.get(name)
-            if v is not None and type(v) is not str:
+            value = record.get(name)
+            if value is not None and type(value) is not str:
                 errors.append("type:" + name)
-                v = None
-            c[name].append(v)
-        ts = obj.get("timestamp")
+                value = None
+            self.columns[name].append(value)
+        ts = record.get("timestamp")
         if ts is not None and type(ts) is not str:
             if hasattr(ts, "isoformat") and getattr(ts, "tzinfo", 1) is not None:   # a Parquet timestamp
                 ts = ts.isoformat()
             else:
                 errors.append("type:timestamp")
                 ts = None
-        c["timestamp"].append(ts)
-        m = obj.get("messages")
-        parsed = _messages(m) if m is not None else None
-        if m is not None and parsed is None:
+        self.columns["timestamp"].append(ts)
+
+    def _add_messages(self, messages, errors: list[str]) -> None:
+        chat = _messages(messages) if messages is not None else None
+        if messages is not None and chat is None:
             errors.append("type:messages")
-        c["messages"].append(parsed[0] if parsed else None)
-        c["_n_messages"].append(parsed[1] if parsed else None)
-        c["_max_content_chars"].append(parsed[2] if parsed else None)
-        c["_roles"].append(parsed[3] if parsed else None)
-        fb = obj.get("feedback")
-        if fb is None:
-            fb = obj                                 # flat logs: feedback fields at the top level
-        elif type(fb) is not dict:
+        for name, i in (("messages", 0), ("_n_messages", 1), ("_max_content_chars", 2), ("_roles", 3)):
+            self.columns[name].append(chat[i] if chat else None)
+
+    def _add_feedback(self, record: dict, errors: list[str]) -> None:
+        columns = self.columns
+        feedback = record.get("feedback")
+        if feedback is None:
+            feedback = record                        # flat logs: feedback fields at the top level
+        elif type(feedback) is not dict:
             errors.append("type:feedback")
-            fb = {}
-        v = fb.get("thumbs")
-        if v is not None and type(v) is not int:
-            if type(v) is float and v.is_integer():
-                v = int(v)
+            feedback = {}
+        thumbs = feedback.get("thumbs")
+        if thumbs is not None and type(thumbs) is not int:
+            if type(thumbs) is float and thumbs.is_integer():
+                thumbs = int(thumbs)
             else:
                 errors.append("type:thumbs")
-                v = None
-        c["thumbs"].append(v)
+                thumbs = None
+        columns["thumbs"].append(thumbs)
         for name in _BOOL_FIELDS:
-            v = fb.get(name)
-            if v is not None and type(v) is not bool:
+            value = feedback.get(name)
+            if value is not None and type(value) is not bool:
                 errors.append("type:" + name)
-                v = None
-            c[name].append(v)
-        v = fb.get("comment")
-        if v is not None and type(v) is not str:
+                value = None
+            columns[name].append(value)
+        comment = feedback.get("comment")
+        if comment is not None and type(comment) is not str:
             errors.append("type:comment")
-            v = None
-        c["comment"].append(v)
-        v = obj.get("latency_ms")
-        if v is not None and (type(v) is not int):
-            if type(v) is float and abs(v) < 1e15:   # NaN fails the comparison
-                v = int(v)
+            comment = None
+        columns["comment"].append(comment)
+
+    def _add_latency_and_metadata(self, record: dict, errors: list[str]) -> None:
+        latency = record.get("latency_ms")
+        if latency is not None and type(latency) is not int:
+            if type(latency) is float and abs(latency) < 1e15:   # NaN fails the comparison
+                latency = int(latency)
             else:
                 errors.append("type:latency_ms")
-                v = None
-        c["latency_ms"].append(v)
-        v = obj.get("metadata")
-        if v is None:
-            v = b"{}"
-        elif type(v) is dict:
-            v = orjson.dumps(v, default=str)
+                latency = None
+        self.columns["latency_ms"].append(latency)
+        metadata = record.get("metadata")
+        if metadata is None:
+            metadata = b"{}"
+        elif type(metadata) is dict:
+            metadata = orjson.dumps(metadata, default=str)
         else:
             errors.append("type:metadata")
-            v = None
-        c["metadata"].append(v)
-        c["source_line"].append(line)
-        c["_decoded"].append(True)
-        self.raws.append(raw)
-        if errors:
-            c["_errors"].append("|".join(errors))
-            c["_raw"].append(_text(raw))
-        else:
-            c["_errors"].append(None)
-            c["_raw"].append(None)
+            metadata = None
+        self.columns["metadata"].append(metadata)
 
     def table(self) -> pa.Table:
-        c = self.c
-        n = len(c["source_line"])
-        c["dt"] = [self.dt] * n
-        c["source_object"] = [self.key] * n
+        columns = self.columns
+        n = len(columns["source_line"])
+        columns["dt"] = [self.dt] * n
+        columns["source_object"] = [self.key] * n
         arrays = []
-        for fld in RAW_SCHEMA:
-            if fld.name == "timestamp":
-                ts, unparsed = _timestamps(c["timestamp"])
+        for column in RAW_SCHEMA:
+            if column.name == "timestamp":
+                ts, unparsed = _timestamps(columns["timestamp"])
                 if len(unparsed):
-                    self._mark(unparsed, "type:timestamp")
+                    self._add_reason(unparsed, "type:timestamp")
                 arrays.append(ts)
-            elif fld.name in ("messages", "metadata"):
-                arrays.append(_utf8_array(c[fld.name]))
-            elif fld.type == pa.int64():
-                arrays.append(self._int64(fld.name))
+            elif column.name in ("messages", "metadata"):
+                arrays.append(_utf8_array(columns[column.name]))
+            elif column.type == pa.int64():
+                arrays.append(self._int64(column.name))
             else:
-                arrays.append(pa.array(c[fld.name], fld.type))
-        idx = RAW_SCHEMA.names.index("_errors")
-        arrays[idx] = pa.array(c["_errors"], pa.string())
-        arrays[idx + 1] = pa.array(c["_raw"], pa.string())
+                arrays.append(pa.array(columns[column.name], column.type))
+        errors_at = RAW_SCHEMA.names.index("_errors")   # reasons found while building columns: rebuild these two
+        arrays[errors_at] = pa.array(columns["_errors"], pa.string())
+        arrays[errors_at + 1] = pa.array(columns["_raw"], pa.string())
         return pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)
 
     def _int64(self, name: str) -> pa.Array:
         """An int64 column; a JSON integer beyond 64 bits is a type error of that row, not of the whole object."""
-        values = self.c[name]
+        values = self.columns[name]
         try:
             return pa.array(values, pa.int64())
         except (OverflowError, pa.ArrowInvalid):
             big = [i for i, v in enumerate(values) if v is not None and not -(1 << 63) <= v < (1 << 63)]
             for i in big:
                 values[i] = None
-            self._mark(big, "type:" + name)
+            self._add_reason(big, "type:" + name)
             return pa.array(values, pa.int64())
 
-    def _mark(self, rows, reason: str) -> None:
-        c = self.c
+    def _add_reason(self, rows, reason: str) -> None:
+        """A reason found after the rows were added: append it, and keep the rows' raw input for the quarantine."""
+        errors, raws = self.columns["_errors"], self.columns["_raw"]
         for i in rows:
-            c["_errors"][i] = reason if c["_errors"][i] is None else c["_errors"][i] + "|" + reason
-            if c["_raw"][i] is None:
-                c["_raw"][i] = _text(self.raws[i])
+            errors[i] = reason if errors[i] is None else errors[i] + "|" + reason
+            if raws[i] is None:
+                raws[i] = _text(self.inputs[i])
 
 
 # The common timestamp shape, years 1900-2099 (well inside pandas' range): parsed by Arrow's strptime. Any other
@@ -291,54 +306,65 @@ def parse_jsonl(data: bytes, key: str, dt: str) -> pa.Table:
     """One raw-snapshot row per non-blank line of ``data``; lines that are not JSON objects keep their raw text.
 
     Phase 1 decodes the common well-typed line with msgspec (C); phase 2 builds columns with comprehensions;
-    every other line takes the slow path (orjson + per-field checks that name each problem).
+    every other line takes the per-line path (orjson + per-field checks that name each problem).
     """
-    fast, msgs_of = _ROW.decode, _MSGS.decode
-    ok, slow = [], []
     gc_was = gc.isenabled()
     gc.disable()   # millions of fresh containers: the cyclic GC would rescan them again and again
     try:
-        for line, raw in enumerate(data.split(b"\n"), 1):
-            if not raw or raw.isspace():
-                continue
-            if not FAST_PATH:
-                slow.append((line, raw))
-                continue
-            try:
-                if not raw.isascii():
-                    raw.decode("utf-8")          # undecodable bytes anywhere (even in skipped fields): slow path
-                r = fast(raw)
-                if r.feedback is None and (b'"thumbs"' in raw or b'"resolved"' in raw):
-                    raise msgspec.ValidationError("flat feedback")
-                meta = bytes(r.metadata)
-                if meta[:1] != b"{" and meta != b"null":
-                    raise msgspec.ValidationError("metadata")
-                ok.append((line, raw, r, msgs_of(r.messages), meta))
-            except _FAST_ERRORS:
-                slow.append((line, raw))
-        cols = _Columns(key, dt)
-        if ok:
-            _fast_columns(cols, ok)
-        del ok
-        for line, raw in slow:
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                try:
-                    raw.decode("utf-8")
-                    reason = "malformed_json"
-                except UnicodeDecodeError:
-                    reason = "invalid_utf8"
-                cols.bad(line, raw, reason)
-                continue
-            if type(obj) is not dict:
-                cols.bad(line, raw, "not_an_object")
-            else:
-                cols.add(obj, line, raw)
-        return cols.table()         # fast rows first, then the others: deterministic, no re-sort needed
+        fast, per_line = _decode_fast(data)
+        columns = _RawColumns(key, dt)
+        if fast:
+            _fast_columns(columns, fast)
+        del fast
+        _add_per_line(columns, per_line)
+        return columns.table()         # fast rows first, then the others: deterministic, no re-sort needed
     finally:
         if gc_was:
             gc.enable()
+
+
+def _decode_fast(data: bytes) -> tuple[list[tuple], list[tuple[int, bytes]]]:
+    """(line, raw, row, messages, metadata) of the lines msgspec decodes as ``_Row``; (line, raw) of the others."""
+    decode_row, decode_messages = _ROW.decode, _MSGS.decode
+    fast, per_line = [], []
+    for line, raw in enumerate(data.split(b"\n"), 1):
+        if not raw or raw.isspace():
+            continue
+        if not FAST_PATH:
+            per_line.append((line, raw))
+            continue
+        try:
+            if not raw.isascii():
+                raw.decode("utf-8")          # undecodable bytes anywhere (even in skipped fields): per-line path
+            row = decode_row(raw)
+            if row.feedback is None and (b'"thumbs"' in raw or b'"resolved"' in raw):
+                raise msgspec.ValidationError("flat feedback")
+            metadata = bytes(row.metadata)
+            if metadata[:1] != b"{" and metadata != b"null":
+                raise msgspec.ValidationError("metadata")
+            fast.append((line, raw, row, decode_messages(row.messages), metadata))
+        except _FAST_ERRORS:
+            per_line.append((line, raw))
+    return fast, per_line
+
+
+def _add_per_line(columns: _RawColumns, lines: list[tuple[int, bytes]]) -> None:
+    """Decode each line with orjson; a line that is not a JSON object keeps its reason and raw text."""
+    for line, raw in lines:
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:
+                raw.decode("utf-8")
+                reason = "malformed_json"
+            except UnicodeDecodeError:
+                reason = "invalid_utf8"
+            columns.add_undecoded(line, raw, reason)
+            continue
+        if type(record) is not dict:
+            columns.add_undecoded(line, raw, "not_an_object")
+        else:
+            columns.add_record(record, line, raw)
 
 
 _SCALARS = ("request_id", "timestamp", "task", "model_version", "completion", "latency_ms")
@@ -346,36 +372,36 @@ _FEEDBACK = ("thumbs", "resolved", "escalated", "edited", "comment")
 _role, _content = attrgetter("role"), attrgetter("content")
 
 
-def _fast_columns(cols: _Columns, ok: list) -> None:
+def _fast_columns(columns: _RawColumns, fast: list[tuple]) -> None:
     """Columns of the fast rows: one C-level pass per group of fields (attrgetter + zip), no per-field loops."""
-    c = cols.c
-    lines, raws, rows, msgss, metas = zip(*ok)
+    values_of = columns.columns
+    lines, raws, rows, chats, metadatas = zip(*fast)
     n = len(rows)
-    c["source_line"].extend(lines)
-    cols.raws.extend(raws)
+    values_of["source_line"].extend(lines)
+    columns.inputs.extend(raws)
     for name, values in zip(_SCALARS, zip(*map(attrgetter(*_SCALARS), rows))):
-        c[name].extend(values)
+        values_of[name].extend(values)
     no_feedback = _Feedback()
-    fbs = [no_feedback if r.feedback is None else r.feedback for r in rows]
-    for name, values in zip(_FEEDBACK, zip(*map(attrgetter(*_FEEDBACK), fbs))):
-        c[name].extend(values)
-    c["metadata"].extend([b"{}" if m == b"null" else m for m in metas])
-    c["messages"].extend([None if m is None else bytes(r.messages) for r, m in zip(rows, msgss)])
-    c["_n_messages"].extend([None if m is None else len(m) for m in msgss])
-    c["_max_content_chars"].extend([None if m is None else max([len(x or "") for x in map(_content, m)], default=0)
-                                    for m in msgss])
-    c["_roles"].extend([None if m is None else ",".join(sorted(set(map(_role, m)))) for m in msgss])
-    c["_errors"].extend([None] * n)
-    c["_raw"].extend([None] * n)
-    c["_decoded"].extend([True] * n)
+    feedbacks = [no_feedback if r.feedback is None else r.feedback for r in rows]
+    for name, values in zip(_FEEDBACK, zip(*map(attrgetter(*_FEEDBACK), feedbacks))):
+        values_of[name].extend(values)
+    values_of["metadata"].extend([b"{}" if m == b"null" else m for m in metadatas])
+    values_of["messages"].extend([None if chat is None else bytes(r.messages) for r, chat in zip(rows, chats)])
+    values_of["_n_messages"].extend([None if chat is None else len(chat) for chat in chats])
+    values_of["_max_content_chars"].extend(
+        [None if chat is None else max([len(x or "") for x in map(_content, chat)], default=0) for chat in chats])
+    values_of["_roles"].extend([None if chat is None else ",".join(sorted(set(map(_role, chat)))) for chat in chats])
+    values_of["_errors"].extend([None] * n)
+    values_of["_raw"].extend([None] * n)
+    values_of["_decoded"].extend([True] * n)
 
 
 def parse_records(records: list[dict], key: str, dt: str) -> pa.Table:
     """Same as ``parse_jsonl`` for rows already decoded (Parquet); ``source_line`` is the 1-based row number."""
-    cols = _Columns(key, dt)
-    for line, obj in enumerate(records, 1):
-        cols.add(obj, line, obj)
-    return cols.table()
+    columns = _RawColumns(key, dt)
+    for line, record in enumerate(records, 1):
+        columns.add_record(record, line, record)
+    return columns.table()
 
 
 def parse_object(key: str, data: bytes, dt: str) -> pa.Table:

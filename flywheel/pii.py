@@ -28,14 +28,14 @@ class PiiPatternError(ValueError):
 
 def patterns(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Built-in patterns then the extra ones, each checked to compile under RE2."""
-    out = dict(BUILTIN)
-    for name, rx in (extra or {}).items():
+    named = dict(BUILTIN)
+    for name, regex in (extra or {}).items():
         try:
-            pc.count_substring_regex(pa.array(["x"]), pattern=rx)
+            pc.count_substring_regex(pa.array(["x"]), pattern=regex)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise PiiPatternError(f"validate.pii.extra_patterns.{name}: not a valid RE2 regex: {e}") from None
-        out[name] = rx
-    return out
+        named[name] = regex
+    return named
 
 
 def scrub(table: pa.Table, extra: dict[str, str] | None = None,
@@ -48,9 +48,9 @@ def scrub(table: pa.Table, extra: dict[str, str] | None = None,
     >>> t["completion"].to_pylist(), n["email"], n["phone"]
     (['mail me: [EMAIL]', 'order 123456'], 1, 0)
     """
-    pats = patterns(extra)
-    anything = "|".join([PREFILTER, *(f"(?:{rx})" for name, rx in pats.items() if name not in BUILTIN)])
-    counts = {name: 0 for name in pats}
+    named = patterns(extra)
+    anything = "|".join([PREFILTER, *(f"(?:{regex})" for name, regex in named.items() if name not in BUILTIN)])
+    counts = {name: 0 for name in named}
     for column in columns:
         if column not in table.column_names:
             continue
@@ -61,11 +61,11 @@ def scrub(table: pa.Table, extra: dict[str, str] | None = None,
         if len(rows) == 0:
             continue
         subset = values.take(rows)
-        for name, rx in pats.items():
-            found = pc.sum(pc.count_substring_regex(subset, pattern=rx)).as_py() or 0
+        for name, regex in named.items():
+            found = pc.sum(pc.count_substring_regex(subset, pattern=regex)).as_py() or 0
             if found:
                 counts[name] += found
-                subset = pc.replace_substring_regex(subset, pattern=rx, replacement=f"[{name.upper()}]")
+                subset = pc.replace_substring_regex(subset, pattern=regex, replacement=f"[{name.upper()}]")
         positions = pc.cumulative_sum(pc.cast(hit, pa.int64()))           # row -> 1 + its index in subset
         scattered = subset.take(pc.max_element_wise(pc.subtract(positions, 1), 0))
         table = table.set_column(idx, column, pc.if_else(hit, scattered, values))

@@ -1,4 +1,5 @@
-"""The evaluation report: ``report.json`` (report + decision) and a self-contained ``report.html`` with plots.
+"""The evaluation report: ``report.json`` (report + decision), a self-contained ``report.html`` with plots, and
+``responses.jsonl`` (every prompt with each role's answer).
 
 Plots (matplotlib, Agg backend): per-component score distributions of candidate, champion and base; the
 candidate - reference difference of each component with its 95 % CI; KL and length per role.
@@ -13,22 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
+from flywheel.records import Check, Decision
+from flywheel.stats import EvalReport
+
+Scores = dict[str, dict[str, list[float]]]  # role -> component -> per-prompt score
+Measures = dict[str, dict[str, list[float] | None]]  # role -> kl | entropy | length -> per-prompt value
 COLORS = {"candidate": "#1f77b4", "champion": "#ff7f0e", "base": "#7f7f7f"}
 
 
 def _png(fig) -> str:
+    """The figure as a base64 PNG; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _plots(report, scores: dict[str, dict[str, list[float]]], measures: dict[str, dict]) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
+def _distributions_plot(plt, scores: Scores) -> str:
+    """One histogram per component, the roles overlaid."""
     comps = list(scores["candidate"])
     fig, axes = plt.subplots(1, len(comps), figsize=(3.2 * len(comps), 2.8), squeeze=False)
     for ax, comp in zip(axes[0], comps):
@@ -44,9 +49,11 @@ def _plots(report, scores: dict[str, dict[str, list[float]]], measures: dict[str
         ax.set_title(comp, fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("score distributions per component", y=1.04)
-    out["distributions"] = _png(fig)
-    plt.close(fig)
+    return _png(fig)
 
+
+def _differences_plot(plt, report: EvalReport) -> str:
+    """candidate - reference per component, with its paired-bootstrap 95 % CI (green when the CI is above 0)."""
     diff = report.diff
     names = [c for c in diff if diff[c].mean is not None]
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 2.8))
@@ -57,18 +64,33 @@ def _plots(report, scores: dict[str, dict[str, list[float]]], measures: dict[str
     ax.set_ylabel(f"candidate - {report.reference}")
     ax.set_title("mean difference with 95 % CI (paired bootstrap)", fontsize=9)
     ax.tick_params(axis="x", labelsize=8, rotation=20)
-    out["differences"] = _png(fig)
-    plt.close(fig)
+    return _png(fig)
 
-    keys = [k for k in ("kl", "length") if any(measures.get(r, {}).get(k) for r in scores)]
-    if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
-        for ax, k in zip(axes[0], keys):
-            roles = [r for r in scores if measures.get(r, {}).get(k)]
-            ax.boxplot([measures[r][k] for r in roles], tick_labels=roles)
-            ax.set_title({"kl": "KL to base (nats / sequence)", "length": "response length (tokens)"}[k], fontsize=9)
-        out["kl_length"] = _png(fig)
-        plt.close(fig)
+
+def _kl_length_plot(plt, roles: list[str], measures: Measures) -> str | None:
+    """Box plots of KL to base and response length per role; None when neither was measured."""
+    keys = [k for k in ("kl", "length") if any(measures.get(r, {}).get(k) for r in roles)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        measured = [r for r in roles if measures.get(r, {}).get(k)]
+        ax.boxplot([measures[r][k] for r in measured], tick_labels=measured)
+        ax.set_title({"kl": "KL to base (nats / sequence)", "length": "response length (tokens)"}[k], fontsize=9)
+    return _png(fig)
+
+
+def _plots(report: EvalReport, scores: Scores, measures: Measures) -> dict[str, str]:
+    """Name -> base64 PNG of each plot of the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {"distributions": _distributions_plot(plt, scores), "differences": _differences_plot(plt, report)}
+    kl_length = _kl_length_plot(plt, list(scores), measures)
+    if kl_length is not None:
+        out["kl_length"] = kl_length
     return out
 
 
@@ -76,7 +98,7 @@ def _fmt(x) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
-def _table(report) -> str:
+def _table(report: EvalReport) -> str:
     roles = list(report.roles)
     comps = list(report.roles["candidate"].components)
     head = "".join(f"<th>{html.escape(r)}</th>" for r in roles) + f"<th>candidate − {report.reference}</th>"
@@ -87,8 +109,8 @@ def _table(report) -> str:
 
     for c in comps:
         kind = report.kinds.get(c, "")
-        rows.append(f"<tr><td>{html.escape(c)} <small>{kind}</small></td>"
-                    + "".join(cell(report.roles[r].components.get(c)) for r in roles) + cell(report.diff.get(c)) + "</tr>")
+        cells = "".join(cell(report.roles[r].components.get(c)) for r in roles) + cell(report.diff.get(c))
+        rows.append(f"<tr><td>{html.escape(c)} <small>{kind}</small></td>{cells}</tr>")
     for c in report.roles["candidate"].pass_rates:
         rows.append(f"<tr><td>pass rate: {html.escape(c)}</td>"
                     + "".join(cell(report.roles[r].pass_rates.get(c)) for r in roles) + "<td></td></tr>")
@@ -97,15 +119,16 @@ def _table(report) -> str:
     return f"<table><tr><th>metric (mean [95% CI])</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _checks(title: str, checks) -> str:
+def _checks(title: str, checks: list[Check]) -> str:
     rows = "".join(
         f"<tr class={'ok' if c.passed else 'bad'}><td>{html.escape(c.name)}</td><td>{_fmt(c.value)}</td>"
         f"<td>{_fmt(c.threshold)}</td><td>{'pass' if c.passed else 'FAIL'}</td><td>{html.escape(c.reason)}</td></tr>"
         for c in checks)
-    return f"<h2>{title}</h2><table><tr><th>name</th><th>value</th><th>threshold</th><th></th><th>reason</th></tr>{rows}</table>"
+    head = "<tr><th>name</th><th>value</th><th>threshold</th><th></th><th>reason</th></tr>"
+    return f"<h2>{title}</h2><table>{head}{rows}</table>"
 
 
-def render_html(report, decision, plots: dict[str, str]) -> str:
+def render_html(report: EvalReport, decision: Decision, plots: dict[str, str]) -> str:
     verdict = "PROMOTABLE" if decision.passed else "REJECTED"
     imgs = "".join(f'<h3>{k}</h3><img src="data:image/png;base64,{v}">' for k, v in plots.items())
     examples = "".join(
@@ -124,7 +147,8 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;vertical-align:top}}
 <h2>Examples</h2><table><tr>{ex_head}</tr>{examples}</table></body></html>"""
 
 
-def write_report(report, decision, scores, measures, out_dir: str | Path) -> tuple[Path, Path]:
+def write_report(report: EvalReport, decision: Decision, scores: Scores, measures: Measures,
+                 out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` (plots embedded, also saved as PNG files) under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,3 +161,14 @@ def write_report(report, decision, scores, measures, out_dir: str | Path) -> tup
     html_path = out / "report.html"
     html_path.write_text(render_html(report, decision, plots))
     return json_path, html_path
+
+
+def write_responses(out_dir: str | Path, prompts: list[list[dict]], sources: list[str],
+                    responses: dict[str, list[str]]) -> Path:
+    """``responses.jsonl``: one line per prompt with its source (logs | golden) and every role's answer."""
+    path = Path(out_dir) / "responses.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(
+        json.dumps({"prompt": p, "source": s, **{r: answers[i] for r, answers in responses.items()}}) + "\n"
+        for i, (p, s) in enumerate(zip(prompts, sources))))
+    return path

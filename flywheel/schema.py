@@ -1,6 +1,6 @@
 """Column names shared between stages: the snapshot (observe/validate output) and the scored snapshot (judge output).
 
-A snapshot is one Parquet file; large things travel as files whose URI is passed on (DESIGN.md §1).
+A snapshot is one Parquet file; the stages' records carry its URI, never its rows.
 
 Snapshot columns (clean rows after validate; observe's raw snapshot has the same columns):
     request_id     str                unique id of the model call
@@ -31,6 +31,3 @@ SNAPSHOT_COLUMNS = [
 FEEDBACK_FIELDS = ["thumbs", "resolved", "escalated", "edited", "comment"]
 REWARD_PREFIX = "reward_"
 REWARD_TOTAL = "reward_total"
-
-# A prompt is the conversation before the completion, as OpenAI chat messages.
-Prompt = list[dict]

@@ -2,13 +2,14 @@
 
     policy     = base + LoRA "policy"  (+ the frozen warm-start adapter "init", if PPO starts from an SFT/RFT adapter)
     reference  = base + "init" only, or the bare base (adapter disabled): no second copy of the weights
-    value      = base + LoRA "value" (+ "init") → scalar head on the last hidden state
+    value      = base + LoRA "value" (+ "init") → scalar head on the last hidden state (only with a critic)
     reward     = base + LoRA "reward" (the rewards stage's reward-model folder) → its scalar head
 
 Switching roles only changes which LoRA adapters are active in each layer (we set the active list directly instead of
 peft's ``set_adapter``, which would also flip ``requires_grad`` and confuse DDP). The base weights exist once.
 
-``ActorCritic.forward`` runs the policy and the value pass for one batch — the module DDP wraps.
+``ActorCritic.forward`` runs the policy and the value pass for one batch — the module DDP wraps. With
+``with_value=False`` (critic-free estimators: rloo, grpo) there is no value adapter, no head and no value pass.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_base(path: str | Path, dtype: str = "float32", device: str = "auto"):
-    """Any Hugging Face causal LM (local folder or hub id) + its tokenizer (left padding, pad ≠ EOS), frozen, eval mode."""
+    """Any Hugging Face causal LM (local folder or hub id) + its tokenizer (left padding, pad ≠ EOS), frozen, eval
+    mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
@@ -84,10 +86,11 @@ class ScalarHead(nn.Linear):
 
 
 class ActorCritic(nn.Module):
-    """The four roles; trainable parameters are the "policy" and "value" adapters and the value head."""
+    """The four roles; trainable parameters are the "policy" adapter and, with a critic, the "value" adapter and
+    the value head (``value_head`` is None without one)."""
 
     def __init__(self, base, *, r: int = 8, alpha: int = 16, target_modules=("q_proj", "v_proj"),
-                 init_adapter: str | Path | None = None, value_layers: int | None = None):
+                 init_adapter: str | Path | None = None, value_layers: int | None = None, with_value: bool = True):
         super().__init__()
         cfg = lora_config(r, alpha, target_modules)
         self.has_init = init_adapter is not None
@@ -96,21 +99,25 @@ class ActorCritic(nn.Module):
             self.lm.add_adapter("policy", cfg)
         else:
             self.lm = get_peft_model(base, cfg, adapter_name="policy")
-        n_layers = base.config.num_hidden_layers
-        layers = None if value_layers is None else list(range(n_layers - value_layers, n_layers))
-        # with the value adapter on the top layers only, the value pass can start from the reference pass's hidden
-        # state at the first value layer (below it the two roles are the same network): a shorter forward
-        self.trunk_layer = layers[0] if layers and all(hasattr(self.backbone_of(base), a) for a in ("layers", "norm")) \
-            else None
-        self.lm.add_adapter("value", lora_config(r, alpha, target_modules, layers))
-        self.value_head = ScalarHead(base.config.hidden_size).to(base.device, base.dtype)
+        self.with_value = with_value
+        self.trunk_layer: int | None = None
+        self.value_head: ScalarHead | None = None
+        if with_value:
+            n_layers = base.config.num_hidden_layers
+            layers = None if value_layers is None else list(range(n_layers - value_layers, n_layers))
+            # with the value adapter on the top layers only, the value pass can start from the reference pass's
+            # hidden state at the first value layer (below it the two roles are the same network): a shorter forward
+            if layers and all(hasattr(self.backbone_of(base), a) for a in ("layers", "norm")):
+                self.trunk_layer = layers[0]
+            self.lm.add_adapter("value", lora_config(r, alpha, target_modules, layers))
+            self.value_head = ScalarHead(base.config.hidden_size).to(base.device, base.dtype)
         self.reward_head: ScalarHead | None = None
         self.reward_norm = (0.0, 1.0)
         self._tuner_layers = [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
         self._set_trainable()
 
     def _set_trainable(self) -> None:
-        """Train exactly the policy and value adapters (and the value head); everything else is frozen."""
+        """Train exactly the policy and value adapters (the head is a plain module); everything else is frozen."""
         for name, p in self.lm.named_parameters():
             p.requires_grad_(".policy." in name or ".value." in name)
 
@@ -119,7 +126,8 @@ class ActorCritic(nn.Module):
     def role(self, name: str):
         """Activate the adapters of ``name`` ∈ {policy, reference, value, reward} for the block."""
         init = ["init"] if self.has_init else []
-        adapters = {"policy": init + ["policy"], "reference": init, "value": init + ["value"], "reward": ["reward"]}[name]
+        adapters = {"policy": [*init, "policy"], "reference": init, "value": [*init, "value"],
+                    "reward": ["reward"]}[name]
         # no active adapter = the bare base (peft's disable_adapter() would re-run set_adapter on exit, freezing
         # every inactive adapter's parameters)
         previous = [m._active_adapter for m in self._tuner_layers]
@@ -194,8 +202,9 @@ class ActorCritic(nn.Module):
         return (score - mean) / std
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_len: int,
-                temperature: float = 1.0, trunk: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Policy and value pass with gradients. → logprobs (B, R), entropy (B, R), values (B, R).
+                temperature: float = 1.0, trunk: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Policy and value pass with gradients. → logprobs (B, R), entropy (B, R), values (B, R) or None without a
+        critic.
 
         ``trunk``: the reference pass's hidden state at the first value layer (see ``reference_pass``)."""
         responses = input_ids[:, -response_len:]
@@ -204,6 +213,8 @@ class ActorCritic(nn.Module):
         logprobs = logprobs_from_logits(logits, responses, temperature)
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach(), temperature)
+        if self.value_head is None:
+            return logprobs, entropy, None
         with self.role("value"):
             if trunk is not None and self.trunk_layer is not None:
                 hidden = self._hidden_from_trunk(trunk, attention_mask)[:, -response_len - 1:-1]  # (B, R, H)
@@ -226,7 +237,7 @@ class ActorCritic(nn.Module):
         norm = meta.get("normalisation") or meta.get("normalization") or {}
         self.reward_norm = (float(norm.get("mean", meta.get("mean", 0.0))),
                             float(norm.get("std", meta.get("std", 1.0))) or 1.0)
-        if init_value_head:
+        if init_value_head and self.value_head is not None:
             self.value_head.load(folder / "score_head.safetensors")
 
     def adapter_state(self, name: str) -> dict[str, Tensor]:
@@ -247,6 +258,9 @@ class ActorCritic(nn.Module):
                          max_rank=max_rank)
 
     def save_value(self, path: str | Path) -> Path:
+        """The value adapter (``adapter/``) and head (``score_head.safetensors``)."""
+        if self.value_head is None:
+            raise RuntimeError("this ActorCritic has no critic (with_value=False): nothing to save")
         path = Path(path)
         save_lora(path / "adapter", self.lm.peft_config["value"], self.adapter_state("value"))
         self.value_head.save(path / "score_head.safetensors")
@@ -260,8 +274,8 @@ def _scaling(cfg: LoraConfig) -> float:
 def compress_lora(a: Tensor, b: Tensor, max_rank: int) -> tuple[Tensor, Tensor]:
     """Re-factor ΔW = B·A into rank ≤ ``max_rank`` factors: exact if rank(ΔW) ≤ max_rank, else the best approximation.
 
-    a: (r, d_in), b: (d_out, r). With B = Q_b R_b and Aᵀ = Q_a R_a (thin QR), ΔW = Q_b (R_b R_aᵀ) Q_aᵀ, so the SVD of the
-    small r×r core U S Vᵀ gives ΔW's SVD (Q_b U) S (Q_a V)ᵀ; keeping the top k singular values is the Eckart–Young
+    a: (r, d_in), b: (d_out, r). With B = Q_b R_b and Aᵀ = Q_a R_a (thin QR), ΔW = Q_b (R_b R_aᵀ) Q_aᵀ, so the SVD of
+    the small r×r core U S Vᵀ gives ΔW's SVD (Q_b U) S (Q_a V)ᵀ; keeping the top k singular values is the Eckart–Young
     optimum. Returns (a', b') of shapes (k, d_in), (d_out, k) with the singular values split evenly (√S each side).
     """
     k = min(max_rank, a.shape[0])

@@ -11,6 +11,9 @@ Implementation details from Huang et al., "The N+ implementation details of RLHF
 * advantages are whitened over the valid tokens of the batch; rewards optionally (not on by default);
 * the value loss is clipped around the rollout values; ``approx_kl`` is the k3 estimator ``(r - 1) - log r``;
 * the KL coefficient adapts to a target KL (Ziegler et al. 2019).
+
+Advantage estimators, one per run: ``gae`` (with a value function), and the critic-free ``rloo_advantages``
+(leave-one-out baseline) and ``grpo_advantages`` (group mean and std) over the samples of each prompt.
 """
 from __future__ import annotations
 
@@ -138,6 +141,26 @@ def rloo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, gr
     g = returns.view(B // group, group)  # (P, k)
     baseline = (g.sum(1, keepdim=True) - g) / (group - 1)  # (P, k) mean of the others
     return (g - baseline).reshape(B, 1) * mask  # (B, T)
+
+
+def grpo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, group: int,
+                    eps: float = 1e-6) -> Tensor:
+    """Group-normalised advantages (GRPO, Shao et al. 2024): each response's KL-penalised return minus the mean
+    return of its prompt's group, divided by the group's standard deviation (Bessel-corrected) + ``eps``, on every
+    response token. No value function.
+
+    Departure from the paper: the KL penalty is in the return (as in ``rloo_advantages``), not a separate loss term,
+    so a group whose scores tie is ranked by its KL alone (towards the reference).
+
+    scores: (B,), kl, mask: (B, T), rows grouped by prompt (``group`` consecutive rows each) → advantages (B, T).
+    """
+    B = scores.shape[0]
+    if group < 2 or B % group:
+        raise ValueError(f"grpo needs >= 2 samples per prompt and whole groups; got group={group}, batch={B}")
+    returns = scores - kl_coef * (kl * mask).sum(1)  # (B,)
+    g = returns.view(B // group, group)  # (P, k)
+    mean, std = g.mean(1, keepdim=True), g.std(1, keepdim=True)  # (P, 1), (P, 1)
+    return ((g - mean) / (std + eps)).reshape(B, 1) * mask  # (B, T)
 
 
 # ---------------------------------------------------------------------------------------------- losses

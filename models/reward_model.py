@@ -81,7 +81,8 @@ class RewardModel(nn.Module):
         kwargs = {}
         if self.kind == "causal_lm":  # positions count real tokens only, so left and right padding agree
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (batch, seq, hidden)
+        hidden = inner(input_ids=input_ids, attention_mask=attention_mask,
+                       **kwargs).last_hidden_state  # (batch, seq, hidden)
         mask = attention_mask.to(hidden.dtype)  # (batch, seq)
         if self.kind == "causal_lm":
             positions = torch.arange(mask.shape[1], device=mask.device)
@@ -159,7 +160,8 @@ def train_reward_model(base_path: str, texts: list[str], labels: list[float | No
         raise ValueError("reward model: no labelled rows and no preference pairs to train on")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    steps_per_epoch = max(math.ceil(len(pointwise) / cfg.batch_size), math.ceil(len(pairs) / cfg.batch_size) if use_bt else 0)
+    steps_per_epoch = max(math.ceil(len(pointwise) / cfg.batch_size),
+                          math.ceil(len(pairs) / cfg.batch_size) if use_bt else 0)
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.1, 1 - s / max(total, 1)))
     losses: list[float] = []
@@ -238,7 +240,8 @@ class RewardModelScorer:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.truncation_side = "left"
-        base = (AutoModelForCausalLM if self.kind == "causal_lm" else AutoModel).from_pretrained(base_path, dtype=torch.float32)
+        auto = AutoModelForCausalLM if self.kind == "causal_lm" else AutoModel
+        base = auto.from_pretrained(base_path, dtype=torch.float32)
         backbone = PeftModel.from_pretrained(base, str(folder / "adapter"))
         head = load_file(str(folder / "score_head.safetensors"))
         self.model = RewardModel(backbone, head["weight"].shape[1], self.kind)

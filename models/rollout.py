@@ -41,9 +41,11 @@ def render_prompts(tokenizer, prompts: list[list[dict]]) -> list[str]:
     return [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
 
 
-def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_len: int = 256, device=None) -> tuple[Tensor, Tensor]:
+def encode_prompts(tokenizer, prompts: list[list[dict]], max_prompt_len: int = 256,
+                   device=None) -> tuple[Tensor, Tensor]:
     """Left-padded, left-truncated prompt ids and mask: (B, P), (B, P)."""
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_prompt_len:] for t in render_prompts(tokenizer, prompts)]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_prompt_len:]
+           for t in render_prompts(tokenizer, prompts)]
     width = max(map(len, ids))
     query = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict

@@ -9,7 +9,8 @@ load like any Hugging Face model. Details that matter for RL (Huang et al., "N+ 
   only, as Gemma's folds the system turn away: a system prompt is the same on every logged request, so a model this
   small can learn nothing from it, and it was 81 of the demo's 138 tokens per chat. Without it every training step
   (fit, SFT, reward model, PPO) is ~3x cheaper, and copying the order id reached 94-99 % by step 250 for 4 of 4 seeds,
-  where with it none of 7 runs had passed 35 % by step 300 (see below). A real model's own template keeps its system turn;
+  where with it none of 7 runs had passed 35 % by step 300 (see below). A real model's own template keeps its system
+  turn;
 * the tokenizer pads on the left, as batched generation needs.
 
 Two ways to give the base what a real pretrained model brings:
@@ -72,7 +73,7 @@ def read_corpus(path: str | Path) -> list[str]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     texts: list[str] = []
     for f in files:
-        if not (f.suffix in {".jsonl", ".json", ".txt", ".gz"}):
+        if f.suffix not in {".jsonl", ".json", ".txt", ".gz"}:
             continue
         opener = gzip.open if f.suffix == ".gz" else open
         with opener(f, "rt", encoding="utf-8") as fh:

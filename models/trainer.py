@@ -1,107 +1,86 @@
-"""The PPO loop: rollout → score → KL-penalised rewards → GAE → clipped updates, with checkpoints and exact resume.
+"""The PPO loop: rollout → score → KL-penalised returns → advantages (rloo | grpo | gae) → updates, with checkpoints
+and exact resume.
 
 ``train_ppo(config, base, prompts, reward_fn, out_dir, ...)`` runs in a plain process (a Prefect task) and unchanged
 under ``accelerate launch --num_processes N`` / ``torchrun`` (DDP; gloo on CPU): each process samples its own share
 of the prompts, gradients are averaged, rank 0 logs and writes.
 
 Departures from the textbook (see ``models/ppo.py`` for the per-function details):
-* one optimizer for the policy adapter, the value adapter and the value head; loss = pg + vf_coef·v − ent_coef·H;
+* ONE advantage estimator per run, chosen by name; the critic-free ones (``rloo``, ``grpo``) create no value
+  adapter, head, loss or metrics; with ``gae``, one optimizer holds the policy adapter, the value adapter and the
+  value head and loss = pg + vf_coef·v − ent_coef·H;
 * with one PPO epoch and one minibatch the rollout's old log-probs/values are the detached outputs of the training
-  forward itself (exactly equal, one forward pass saved per role);
+  forward itself (exactly equal, one forward pass saved per role), and the update is REINFORCE with a baseline;
+* ``learning_rate=None`` is resolved from the base's width once it is loaded (``default_learning_rate``);
 * when PPO starts from a warm-start adapter (SFT/RFT), that adapter is the reference policy and stays frozen; the
   saved policy is one LoRA (warm start and PPO delta concatenated), so it serves on the original base.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import random
 import resource
-import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
+from models.checkpoint import load_latest, save_checkpoint, set_rng_state
+from models.config import PPOConfig, default_learning_rate
 from models.policy import ActorCritic, load_base
-from models.ppo import (AdaptiveKLController, eos_penalty, explained_variance, gae, kl_penalized_rewards,
-                        kl_per_token, masked_mean, masked_whiten, policy_loss, rloo_advantages, value_loss)
+from models.ppo import (
+    AdaptiveKLController,
+    eos_penalty,
+    explained_variance,
+    gae,
+    grpo_advantages,
+    kl_penalized_rewards,
+    kl_per_token,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    rloo_advantages,
+    value_loss,
+)
 from models.rollout import HFRolloutEngine
 
+__all__ = ["PPOConfig", "PPOResult", "PPOTrainer", "default_learning_rate", "train_ppo"]
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]
-
-
-@dataclass
-class PPOConfig:
-    """Every knob of a PPO run; defaults are the ones measured to work on the tiny demo model (2 CPU cores)."""
-
-    seed: int = 0  # seed for LoRA init, data order and sampling (rank r samples with seed + r)
-    steps: int = 40  # PPO updates; each = one rollout batch
-    batch_size: int = 16  # prompts per rollout batch, per process
-    samples_per_prompt: int = 2  # responses sampled for each prompt
-    max_new_tokens: int = 32  # response length cap; responses without EOS get `missing_eos_penalty`
-    max_prompt_len: int = 256  # prompts are left-truncated to this many tokens
-    temperature: float = 1.0  # sampling temperature; log-probs use the same scaling
-    top_p: float = 1.0  # nucleus sampling
-    ppo_epochs: int = 4  # passes over each rollout batch
-    num_minibatches: int = 2  # optimizer steps per epoch
-    grad_accum: int = 1  # micro-batches per minibatch (gradient accumulation)
-    learning_rate: float = 3e-3  # AdamW learning rate (LoRA on a tiny model tolerates a large one)
-    lr_schedule: str = "constant"  # constant | linear (decay to 0 at `steps`)
-    warmup_steps: int = 0  # linear warm-up updates
-    max_grad_norm: float = 1.0  # global gradient clipping
-    clip_coef: float = 0.2  # PPO ratio clip ε
-    vf_clip_coef: float = 0.2  # value clip around the rollout values
-    vf_coef: float = 0.5  # weight of the value loss
-    ent_coef: float = 0.0  # entropy bonus
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE λ
-    init_kl_coef: float = 0.05  # β of the per-token KL penalty
-    target_kl: float | None = None  # adaptive β towards this KL per sequence (None = fixed β)
-    kl_horizon: int = 10000  # adaptive controller horizon
-    kl_estimator: str = "k1"  # per-token KL in the reward: k1 | k3
-    early_stop_kl: float | None = None  # stop the PPO epochs of a batch once approx-KL exceeds this
-    whiten_rewards: bool = False  # whiten the shaped rewards (mean kept)
-    advantage: str = "gae"  # gae (value head, per-token GAE) | rloo (leave-one-out over samples_per_prompt; value unused)
-    missing_eos_penalty: float | None = -1.0  # the EOS trick: score of a response cut before EOS (None = off)
-    lora_r: int = 8  # LoRA rank of the policy and value adapters
-    lora_alpha: int = 16  # LoRA alpha
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    max_adapter_rank: int | None = 16  # rank cap of the saved candidate (warm start + PPO delta, SVD re-factored); None = r₁+r₂
-    value_layers: int | None = None  # value adapter only on the top N layers (shorter backward); None = all
-    reward_model_weight: float = 1.0  # weight of the shared-base reward model's normalised score, if attached
-    checkpoint_every: int = 10  # save a checkpoint every N updates (and at the end)
-    keep_checkpoints: int = 2  # checkpoints kept on disk
-    progress: bool = True  # rich progress bar on rank 0
-    rollout_engine: str = "hf"  # hf (transformers generate, KV cache) | vllm (LoRA hot-loading, if installed)
-
-    def __post_init__(self):
-        self.rollout_size = self.batch_size * self.samples_per_prompt  # sequences per process per update
-        if self.rollout_size % (self.num_minibatches * self.grad_accum):
-            raise ValueError(f"batch_size*samples_per_prompt={self.rollout_size} must divide into "
-                             f"num_minibatches*grad_accum={self.num_minibatches * self.grad_accum}")
-        self.minibatch_size = self.rollout_size // self.num_minibatches
-        self.micro_batch_size = self.minibatch_size // self.grad_accum
-        self.fused_first_pass = self.ppo_epochs == 1 and self.num_minibatches == 1 and self.grad_accum == 1
-        if self.advantage not in ("gae", "rloo"):
-            raise ValueError(f"advantage: expected 'gae' or 'rloo', got {self.advantage!r}")
-        if self.advantage == "rloo" and self.samples_per_prompt < 2:
-            raise ValueError("advantage 'rloo' needs samples_per_prompt >= 2 (the other samples are the baseline)")
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class PPOResult:
     adapter_dir: str  # policy LoRA (loads with PeftModel.from_pretrained on the base)
-    value_dir: str  # value adapter + score_head.safetensors
+    value_dir: str | None  # value adapter + score_head.safetensors; None for critic-free estimators (rloo, grpo)
     steps: int
     history: list[dict]  # metrics of every update
     reward_start: float  # mean score of the first update
     reward_end: float  # mean score over the last quarter of updates
+    config: PPOConfig  # the config the run used, learning_rate resolved
+
+
+@dataclass
+class Experience:
+    """One rollout batch, ready for the update (rows grouped by prompt, ``samples_per_prompt`` each)."""
+
+    input_ids: Tensor  # (B, L) prompt (left-padded) + response tokens
+    attention_mask: Tensor  # (B, L)
+    mask: Tensor  # (B, R) 1.0 on response tokens up to and including the first EOS
+    old_logprobs: Tensor  # (B, R) log π_old(a_t | s_t) of the rollout policy
+    advantages: Tensor  # (B, R)
+    old_values: Tensor | None  # (B, R) V_old(s_t); None without a critic
+    returns: Tensor | None  # (B, R) value targets; None without a critic
+    trunk: Tensor | None  # (B, L, H) reference hidden state at the first value layer, if the value pass starts there
 
 
 def _dist() -> tuple[int, int]:
@@ -123,16 +102,6 @@ def _prompt_indices(step: int, n: int, per_rank: int, rank: int, world: int, see
     return out
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-
-
 def _peak_rss_mb() -> float:
     """Peak RSS of this process (VmHWM; ru_maxrss can carry a parent's peak across fork+exec)."""
     try:
@@ -142,18 +111,33 @@ def _peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def mlflow_logger(tracking_uri: str, run_id: str) -> Callable[[dict, int], None]:
-    """A logger that writes each update's metrics to an existing MLflow run (imported lazily)."""
-    from mlflow.tracking import MlflowClient
+def hidden_size_of(model) -> int:
+    """The width of a Hugging Face model (``hidden_size``, or the GPT-2 / T5 spellings)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(cfg, name, None):
+            return int(getattr(cfg, name))
+    raise ValueError(f"{type(cfg).__name__}: no hidden_size to derive learning_rate from; set it explicitly")
 
-    client = MlflowClient(tracking_uri)
 
-    def log(metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
-                                          for k, v in metrics.items() if isinstance(v, (int, float))])
-    return log
+def advantages_and_returns(cfg: PPOConfig, scores: Tensor, kl: Tensor, mask: Tensor, old_values: Tensor | None,
+                           kl_coef: float) -> tuple[Tensor, Tensor | None]:
+    """Advantages (B, R) of the configured estimator, and value targets (B, R) for the critic (None without one).
+
+    scores: (B,) sequence scores after the EOS trick; kl, mask, old_values: (B, R).
+    rloo: leave-one-out advantages scaled to unit std over the batch (mean kept, so the baseline stays unbiased);
+    grpo: already unit scale per group; gae: per-token GAE on the KL-penalised rewards, whitened.
+    """
+    if cfg.advantage == "rloo":
+        advantages = rloo_advantages(scores, kl, mask, kl_coef, cfg.samples_per_prompt)  # (B, R)
+        return masked_whiten(advantages, mask, shift_mean=False), None
+    if cfg.advantage == "grpo":
+        return grpo_advantages(scores, kl, mask, kl_coef, cfg.samples_per_prompt), None  # (B, R)
+    rewards = kl_penalized_rewards(scores, kl, mask, kl_coef)  # (B, R)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(old_values, rewards, mask, cfg.gamma, cfg.lam)  # (B, R), (B, R)
+    return masked_whiten(advantages, mask), returns
 
 
 class PPOTrainer:
@@ -163,14 +147,20 @@ class PPOTrainer:
                  dtype: str = "float32", device: str = "auto"):
         if not prompts:
             raise ValueError("prompts: empty, PPO needs at least one prompt")
-        self.cfg, self.prompts, self.reward_fn, self.logger = config, prompts, reward_fn, logger
+        self.prompts, self.reward_fn, self.logger = prompts, reward_fn, logger
         self.out = Path(out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.rank, self.world = _dist()
         torch.manual_seed(config.seed)  # identical LoRA init on every rank
         lm, self.tokenizer = load_base(base, dtype, device)
+        if config.learning_rate is None:
+            config = dataclasses.replace(config, learning_rate=default_learning_rate(hidden_size_of(lm)))
+            log.info("learning_rate = %g (default_learning_rate of hidden_size %d)", config.learning_rate,
+                     hidden_size_of(lm))
+        self.cfg = config
         self.ac = ActorCritic(lm, r=config.lora_r, alpha=config.lora_alpha, target_modules=config.lora_target_modules,
-                              init_adapter=init_adapter, value_layers=config.value_layers)
+                              init_adapter=init_adapter, value_layers=config.value_layers,
+                              with_value=config.with_value)
         if reward_model_dir is not None:
             self.ac.attach_reward_model(reward_model_dir)
         self.model = self.ac
@@ -200,7 +190,7 @@ class PPOTrainer:
     # ------------------------------------------------------------------ one update
     def train_step(self) -> dict:
         cfg, ac, t0 = self.cfg, self.ac, time.perf_counter()
-        # 1. prompts of this update (this rank's share of the global batch)
+        # 1. prompts of this update (this rank's share of the global batch), each repeated samples_per_prompt times
         idx = _prompt_indices(self.step, len(self.prompts), cfg.batch_size, self.rank, self.world, cfg.seed)
         prompts = [self.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
         # 2. rollout: sample responses with the policy role (KV cache, left padding)
@@ -209,67 +199,30 @@ class PPOTrainer:
         R = mask.shape[1]
         t_gen = time.perf_counter() - t0
         # 3. score: the injected online reward (+ the shared-base reward model), EOS trick
-        scores = torch.tensor(self.reward_fn(prompts, rollout.completions), dtype=torch.float32)
-        if len(scores) != len(prompts):
-            raise ValueError(f"reward_fn returned {len(scores)} scores for {len(prompts)} completions")
+        raw_scores = torch.tensor(self.reward_fn(prompts, rollout.completions), dtype=torch.float32)  # (B,)
+        if len(raw_scores) != len(prompts):
+            raise ValueError(f"reward_fn returned {len(raw_scores)} scores for {len(prompts)} completions")
         if ac.reward_head is not None:
-            scores = scores + cfg.reward_model_weight * ac.reward_scores(input_ids, attention_mask).cpu()
-        raw_scores = scores.clone()
-        scores = eos_penalty(scores, rollout.has_eos.cpu(), cfg.missing_eos_penalty).to(mask.device)
-        # 4. reference log-probs (adapter disabled / warm start only), rollout log-probs and values
+            raw_scores = raw_scores + cfg.reward_model_weight * ac.reward_scores(input_ids, attention_mask).cpu()
+        scores = eos_penalty(raw_scores, rollout.has_eos.cpu(), cfg.missing_eos_penalty).to(mask.device)  # (B,)
+        # 4. reference log-probs (adapter disabled / warm start only), rollout log-probs (and values)
         ref_logprobs, trunk = ac.reference_pass(input_ids, attention_mask, R, cfg.temperature)  # (B, R), (B, L, H)|None
         fused = None
         if cfg.fused_first_pass:
             fused = self.model(input_ids, attention_mask, R, cfg.temperature, trunk)  # with grad, reused in phase 6
-            old_logprobs, old_values = fused[0].detach(), fused[2].detach()
+            old_logprobs, old_values = fused[0].detach(), None if fused[2] is None else fused[2].detach()
         else:
             with torch.no_grad():
                 old_logprobs, _, old_values = ac(input_ids, attention_mask, R, cfg.temperature, trunk)
-        # 5. KL-penalised per-token rewards, GAE, whitened advantages
+        # 5. KL-penalised returns → advantages (and value targets for the critic)
         kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
-        rewards = kl_penalized_rewards(scores, kl, mask, self.kl_ctl.value)
-        if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(old_values, rewards, mask, cfg.gamma, cfg.lam)
-        if cfg.advantage == "rloo":  # (B, T): same advantage on every token of a response, scaled to unit std
-            advantages = rloo_advantages(scores, kl, mask, self.kl_ctl.value, cfg.samples_per_prompt)
-            advantages = masked_whiten(advantages, mask, shift_mean=False)
-        else:
-            advantages = masked_whiten(advantages, mask)
+        advantages, returns = advantages_and_returns(cfg, scores, kl, mask, old_values, self.kl_ctl.value)
+        exp = Experience(input_ids, attention_mask, mask, old_logprobs, advantages, old_values, returns, trunk)
         # 6. PPO epochs × minibatches × micro-batches
-        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "v_loss", "entropy", "clipfrac", "vf_clipfrac",
-                                                          "approx_kl")}
-        n = len(prompts)
-        for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(n) if cfg.num_minibatches > 1 else torch.arange(n)
-            for start in range(0, n, cfg.minibatch_size):
-                mb = order[start:start + cfg.minibatch_size]
-                for k, mstart in enumerate(range(0, len(mb), cfg.micro_batch_size)):
-                    b = mb[mstart:mstart + cfg.micro_batch_size]
-                    last = mstart + cfg.micro_batch_size >= len(mb)
-                    with (nullcontext() if last or self.world == 1 else self.model.no_sync()):
-                        if fused is not None:
-                            logprobs, entropy, values = fused
-                            fused = None
-                        else:
-                            logprobs, entropy, values = self.model(input_ids[b], attention_mask[b], R, cfg.temperature,
-                                                                   None if trunk is None else trunk[b])
-                        pg_loss, clipfrac, approx_kl = policy_loss(logprobs, old_logprobs[b], advantages[b], mask[b],
-                                                                   cfg.clip_coef)
-                        v_loss, vf_clipfrac = value_loss(values, old_values[b], returns[b], mask[b], cfg.vf_clip_coef)
-                        ent = masked_mean(entropy, mask[b])
-                        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
-                        (loss / cfg.grad_accum).backward()
-                    for key, v in zip(stats, (pg_loss, v_loss, ent, clipfrac, vf_clipfrac, approx_kl)):
-                        stats[key].append(float(v.detach()))
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            if cfg.early_stop_kl is not None and stats["approx_kl"][-1] > cfg.early_stop_kl:
-                break
+        stats, grad_norm = self._update(exp, fused)
         # 7. KL controller and learning-rate schedule
         mean_kl = float(kl.sum(1).mean())
-        self.kl_ctl.update(mean_kl, n * self.world)
+        self.kl_ctl.update(mean_kl, len(prompts) * self.world)
         self.scheduler.step()
         self.step += 1
         # 8. metrics (averaged over ranks)
@@ -278,14 +231,18 @@ class PPOTrainer:
             "objective/scores": float(raw_scores.mean()), "objective/scores_std": float(raw_scores.std()),
             "objective/kl": mean_kl, "objective/non_score_reward": float((-self.kl_ctl.value * kl).sum(1).mean()),
             "objective/kl_coef": self.kl_ctl.value, "policy/entropy": float(np.mean(stats["entropy"])),
-            "losses/policy_loss": float(np.mean(stats["pg_loss"])), "losses/value_loss": float(np.mean(stats["v_loss"])),
-            "policy/clipfrac": float(np.mean(stats["clipfrac"])), "policy/approx_kl": float(np.mean(stats["approx_kl"])),
-            "val/clipfrac": float(np.mean(stats["vf_clipfrac"])), "grad_norm": float(grad_norm),
-            "val/explained_variance": float(explained_variance(old_values, returns, mask)),
-            "charts/response_length": float(mask.sum(1).mean()), "charts/eos_fraction": float(rollout.has_eos.float().mean()),
+            "losses/policy_loss": float(np.mean(stats["pg_loss"])), "grad_norm": float(grad_norm),
+            "policy/clipfrac": float(np.mean(stats["clipfrac"])),
+            "policy/approx_kl": float(np.mean(stats["approx_kl"])),
+            "charts/response_length": float(mask.sum(1).mean()),
+            "charts/eos_fraction": float(rollout.has_eos.float().mean()),
             "charts/lr": self.scheduler.get_last_lr()[0], "charts/tokens_per_s": float(mask.sum()) * self.world / dt,
             "charts/step_time_s": dt, "charts/generate_time_s": t_gen, "charts/peak_rss_mb": _peak_rss_mb(),
         }
+        if ac.with_value:
+            metrics |= {"losses/value_loss": float(np.mean(stats["v_loss"])),
+                        "val/clipfrac": float(np.mean(stats["vf_clipfrac"])),
+                        "val/explained_variance": float(explained_variance(old_values, returns, mask))}
         if self.world > 1:
             vec = torch.tensor(list(metrics.values()), dtype=torch.float64)
             dist.all_reduce(vec)
@@ -293,43 +250,75 @@ class PPOTrainer:
         metrics["step"] = self.step
         return metrics
 
+    def _update(self, exp: Experience, fused: tuple | None) -> tuple[dict[str, list[float]], Tensor]:
+        """The optimizer steps on one rollout batch; ``fused`` = the first micro-batch's forward, when already run."""
+        cfg, n = self.cfg, len(exp.input_ids)
+        R = exp.mask.shape[1]
+        stats: dict[str, list[float]] = {}
+        grad_norm = torch.tensor(0.0)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n) if cfg.num_minibatches > 1 else torch.arange(n)
+            for start in range(0, n, cfg.minibatch_size):
+                mb = order[start:start + cfg.minibatch_size]
+                for mstart in range(0, len(mb), cfg.micro_batch_size):
+                    b = mb[mstart:mstart + cfg.micro_batch_size]
+                    last = mstart + cfg.micro_batch_size >= len(mb)
+                    with (nullcontext() if last or self.world == 1 else self.model.no_sync()):
+                        if fused is None:
+                            fused = self.model(exp.input_ids[b], exp.attention_mask[b], R, cfg.temperature,
+                                               None if exp.trunk is None else exp.trunk[b])
+                        loss, mb_stats = self._loss(*fused, exp, b)
+                        fused = None
+                        (loss / cfg.grad_accum).backward()
+                    for key, v in mb_stats.items():
+                        stats.setdefault(key, []).append(float(v))
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if cfg.early_stop_kl is not None and stats["approx_kl"][-1] > cfg.early_stop_kl:
+                break
+        return stats, grad_norm
+
+    def _loss(self, logprobs: Tensor, entropy: Tensor, values: Tensor | None, exp: Experience,
+              b: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """pg_loss − ent_coef·H (+ vf_coef·v_loss with a critic) on rows ``b``; the detached stats."""
+        cfg, mask = self.cfg, exp.mask[b]
+        pg_loss, clipfrac, approx_kl = policy_loss(logprobs, exp.old_logprobs[b], exp.advantages[b], mask,
+                                                   cfg.clip_coef)
+        ent = masked_mean(entropy, mask)
+        loss = pg_loss - cfg.ent_coef * ent
+        stats = {"pg_loss": pg_loss, "entropy": ent, "clipfrac": clipfrac, "approx_kl": approx_kl}
+        if values is not None:
+            v_loss, vf_clipfrac = value_loss(values, exp.old_values[b], exp.returns[b], mask, cfg.vf_clip_coef)
+            loss = loss + cfg.vf_coef * v_loss
+            stats |= {"v_loss": v_loss, "vf_clipfrac": vf_clipfrac}
+        return loss, {k: v.detach() for k, v in stats.items()}
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
-        path = self.ckpt_dir / f"step-{self.step:06d}"
-        tmp = path.with_suffix(".tmp")
+        state = None
         if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            torch.save({"step": self.step, "policy": self.ac.adapter_state("policy"),
-                        "value": self.ac.adapter_state("value"), "value_head": self.ac.value_head.state_dict(),
-                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "kl_ctl": self.kl_ctl.state_dict(), "history": self.history, "config": asdict(self.cfg)},
-                       tmp / "state.pt")
-        if self.world > 1:
-            dist.barrier()
-        torch.save(_rng_state(), tmp / f"rng-rank{self.rank}.pt")
-        if self.world > 1:
-            dist.barrier()
-        if self.rank == 0:
-            tmp.rename(path)  # atomic: a kill mid-write leaves only a .tmp folder, ignored on resume
-            for old in sorted(self.ckpt_dir.glob("step-??????"))[:-self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        if self.world > 1:
-            dist.barrier()
+            state = {"step": self.step, "policy": self.ac.adapter_state("policy"),
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "kl_ctl": self.kl_ctl.state_dict(), "history": self.history, "config": asdict(self.cfg)}
+            if self.ac.with_value:
+                state |= {"value": self.ac.adapter_state("value"), "value_head": self.ac.value_head.state_dict()}
+        save_checkpoint(self.ckpt_dir, self.step, state, self.rank, self.world, self.cfg.keep_checkpoints)
 
     def load_checkpoint(self) -> bool:
-        done = sorted(self.ckpt_dir.glob("step-??????")) if self.ckpt_dir.is_dir() else []
-        if not done:
+        found = load_latest(self.ckpt_dir, self.rank)
+        if found is None:
             return False
-        state = torch.load(done[-1] / "state.pt", weights_only=False)
+        state, rng = found
         self.ac.load_adapter_state("policy", state["policy"])
-        self.ac.load_adapter_state("value", state["value"])
-        self.ac.value_head.load_state_dict(state["value_head"])
+        if self.ac.with_value:
+            self.ac.load_adapter_state("value", state["value"])
+            self.ac.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.step, self.history = state["step"], state["history"]
-        _set_rng_state(torch.load(done[-1] / f"rng-rank{self.rank}.pt", weights_only=False))
+        set_rng_state(rng)
         return True
 
     # ------------------------------------------------------------------ the run
@@ -357,13 +346,15 @@ class PPOTrainer:
                     self.save_checkpoint()
                 if on_step_end is not None:
                     on_step_end(self.step, metrics)
+        value_dir = str(self.out / "value") if self.ac.with_value else None
         if self.rank == 0:
             self.ac.save_policy(self.out / "adapter", max_rank=self.cfg.max_adapter_rank)
-            self.ac.save_value(self.out / "value")
+            if value_dir is not None:
+                self.ac.save_value(value_dir)
         scores = [m["objective/scores"] for m in self.history]
         tail = scores[-max(1, len(scores) // 4):]
-        return PPOResult(str(self.out / "adapter"), str(self.out / "value"), self.step, self.history,
-                         scores[0] if scores else float("nan"), float(np.mean(tail)) if tail else float("nan"))
+        return PPOResult(str(self.out / "adapter"), value_dir, self.step, self.history,
+                         scores[0] if scores else float("nan"), float(np.mean(tail)) if tail else float("nan"), cfg)
 
 
 class _progress:
@@ -392,11 +383,13 @@ class _progress:
 
 
 def train_ppo(config: PPOConfig, base: str | Path, prompts: list[list[dict]], reward_fn: RewardFn,
-              out_dir: str | Path, *, init_adapter: str | Path | None = None, reward_model_dir: str | Path | None = None,
-              logger: Callable[[dict, int], None] | None = None, resume: bool = True, dtype: str = "float32",
+              out_dir: str | Path, *, init_adapter: str | Path | None = None,
+              reward_model_dir: str | Path | None = None, logger: Callable[[dict, int], None] | None = None,
+              resume: bool = True, dtype: str = "float32",
               device: str = "auto", on_step_end: Callable[[int, dict], None] | None = None) -> PPOResult:
-    """Train a LoRA policy with PPO on ``prompts`` scored by ``reward_fn``; writes ``out_dir/adapter`` and returns
-    a :class:`PPOResult`. Resumes from ``out_dir/checkpoints`` when one exists (``resume=True``)."""
+    """Train a LoRA policy with PPO on ``prompts`` scored by ``reward_fn``; writes ``out_dir/adapter`` (and
+    ``out_dir/value`` with a critic) and returns a :class:`PPOResult`. Resumes from ``out_dir/checkpoints`` when one
+    exists (``resume=True``)."""
     trainer = PPOTrainer(config, base, prompts, reward_fn, out_dir, init_adapter=init_adapter,
                          reward_model_dir=reward_model_dir, logger=logger, dtype=dtype, device=device)
     return trainer.train(resume=resume, on_step_end=on_step_end)

@@ -1,75 +1,103 @@
-"""Prefect tasks of the day-0 bootstrap: build (or resolve) the base, SFT warm start, register the first champion."""
+"""Bootstrap stage (day 0): build (or resolve) the base, SFT it on what production did well, register the champion.
+
+``model.base: tiny`` builds the tiny Llama offline from the clean logs (``flywheel.base_model``); any other value is
+a Hugging Face id or local path, used as is. The warm start is rejection sampling from production: LoRA SFT
+(``models/sft.py``) on the logged answers marked resolved (thumbs up where resolved is missing, never escalated).
+It becomes registry version 1, the champion every nightly candidate starts from. ``train_warm_start`` is the plain
+SFT the benchmarks share, so they measure what the demo ships.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
-from pydantic import BaseModel
 
 from flywheel.config import FlywheelConfig
+from flywheel.records import Release, Validation, WarmStart
+from flywheel.registry import Registry
+from flywheel.retries import failed_transiently
+from flywheel.snapshots import Example
+
+if TYPE_CHECKING:
+    from models.sft import SFTResult
 
 
-class WarmStart(BaseModel):
-    """The SFT/RFT adapter trained on what production did well."""
+def train_warm_start(base: str | Path, examples: list[Example], out_dir: str | Path, *, epochs: int = 3,
+                     seed: int = 0, learning_rate: float | None = None, lora_r: int | None = None,
+                     progress: bool = False, logger: Callable[[dict, int], None] | None = None) -> SFTResult:
+    """LoRA SFT of ``base`` on ``examples`` (prompt messages, completion) into ``out_dir``, on the CPU."""
+    from models.sft import SFTConfig, train_sft
 
-    base_model: str
-    adapter_uri: str
-    examples: int  # (prompt, completion) pairs production marked good
-    rows: int  # clean rows they were chosen from
-    losses: list[float]
-    run_id: str | None = None
+    config = SFTConfig(seed=seed, epochs=epochs, progress=progress)
+    if learning_rate is not None:
+        config.learning_rate = learning_rate
+    if lora_r is not None:
+        config.lora_r, config.lora_alpha = lora_r, 2 * lora_r
+    return train_sft(config, base, examples, out_dir, logger=logger, device="cpu")
+
+
+def existing_champion(cfg: FlywheelConfig) -> tuple[int, str] | None:
+    """(version, local adapter folder) of the registry's champion, or None before day 0."""
+    registry = Registry.from_config(cfg)
+    champ = registry.champion()
+    if champ is None:
+        return None
+    version, folder = registry.fetch(champ.version)
+    return version, str(folder)
+
+
+def retry_on_registry_io(task, task_run, state) -> bool:
+    """Retry when the MLflow server could not be reached, never on a refused registration."""
+    return failed_transiently(state)
 
 
 @task(name="build_base_model")
-def build_base_model(cfg: FlywheelConfig, clean_snapshot_uri: str) -> str:
+def build_base_model(cfg: FlywheelConfig, clean: Validation) -> str:
     """``model.base: tiny`` → build the tiny Llama offline from the clean logs (once per state dir); else the
     configured Hugging Face id or local path."""
-    from flows.warm_start import build_base, resolve_base, rows_from_snapshot
+    from flywheel.base_model import build_base, resolve_base
+    from flywheel.snapshots import rows_from_snapshot
 
     target = resolve_base(cfg.model.base, cfg.state)
     if cfg.model.base != "tiny":
         return str(target)
-    return str(build_base(target, rows_from_snapshot(clean_snapshot_uri), cfg.model.tiny, seed=cfg.train.seed,
+    return str(build_base(target, rows_from_snapshot(clean.clean_uri), cfg.model.tiny, seed=cfg.train.seed,
                           progress=True).resolve())
 
 
 @task(name="sft_warm_start")
-def sft_warm_start(cfg: FlywheelConfig, clean_snapshot_uri: str, base_model: str, epochs: int = 4) -> WarmStart:
+def sft_warm_start(cfg: FlywheelConfig, clean: Validation, base_model: str, epochs: int = 4) -> WarmStart:
     """Rejection sampling from production: LoRA SFT on the logged answers marked resolved (thumbs up if no flag)."""
     import mlflow
 
-    from flows.warm_start import good_examples, rows_from_snapshot, train_warm_start
-    from flywheel.tracking import ensure_experiment
+    from flywheel.snapshots import good_examples, rows_from_snapshot
 
-    rows = rows_from_snapshot(clean_snapshot_uri)
+    rows = rows_from_snapshot(clean.clean_uri)
     examples = good_examples(rows)
     if not examples:
-        raise ValueError(f"{clean_snapshot_uri}: no logged answer is marked good (resolved / thumbs up); "
+        raise ValueError(f"{clean.clean_uri}: no logged answer is marked good (resolved / thumbs up); "
                          "nothing to warm-start from")
     out = cfg.state / "models" / "warm-start"
-    exp = ensure_experiment(cfg.project.name, cfg.state, cfg.registry.tracking_uri)
-    with mlflow.start_run(experiment_id=exp, run_name="bootstrap-sft") as run:
+    experiment = Registry.from_config(cfg).experiment_id()
+    with mlflow.start_run(experiment_id=experiment, run_name="bootstrap-sft") as run:
         mlflow.log_params({"stage": "bootstrap", "base_model": base_model, "examples": len(examples),
-                           "rows": len(rows), "epochs": epochs, "snapshot": clean_snapshot_uri})
+                           "rows": len(rows), "epochs": epochs, "snapshot": clean.clean_uri,
+                           "snapshot_hash": clean.snapshot_hash})
         result = train_warm_start(base_model, examples, out, epochs=epochs, seed=cfg.train.seed,
                                   logger=lambda m, step: mlflow.log_metrics(m, step=step))
         mlflow.log_metric("sft/final_epoch_loss", result.losses[-1])
-    return WarmStart(base_model=base_model, adapter_uri=str(Path(result.adapter_dir).resolve()),
-                     examples=len(examples), rows=len(rows), losses=result.losses, run_id=run.info.run_id)
+    return WarmStart(snapshot_hash=clean.snapshot_hash, validation_report_uri=clean.report_uri, base_model=base_model,
+                     adapter_uri=str(Path(result.adapter_dir).resolve()), examples=len(examples), rows=len(rows),
+                     losses=result.losses, run_id=run.info.run_id)
 
 
-@task(name="register_champion", retries=2, retry_delay_seconds=[2, 8])
-def register_champion(cfg: FlywheelConfig, warm: WarmStart, snapshot_hash: str | None):
-    """Register the warm start as version 1 and give it the ``champion`` alias (a release record)."""
-    from flywheel.promote import Lineage, promote
-    from flywheel.tracking import ensure_experiment, tracking_uri
-
-    exp = ensure_experiment(cfg.project.name, cfg.state, cfg.registry.tracking_uri)
-    return promote(
-        warm.adapter_uri, tracking_uri=tracking_uri(cfg.state, cfg.registry.tracking_uri),
-        model_name=cfg.registry.model_name or cfg.project.name, experiment_id=exp, state_dir=cfg.state, passed=True,
+@task(name="register_champion", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_on_registry_io)
+def register_champion(cfg: FlywheelConfig, warm: WarmStart) -> Release:
+    """Register the warm start (first version, lineage from its record) and give it the ``champion`` alias."""
+    return Registry.from_config(cfg).release(
+        warm.adapter_uri, passed=True, evaluated_champion=None, lineage=warm.lineage(),
         reason=f"day-0 bootstrap: SFT on {warm.examples} answers production marked good (of {warm.rows} clean rows)",
-        evaluated_champion=None, summary={"stage": "bootstrap", "examples": warm.examples},
-        lineage=Lineage(snapshot_hash=snapshot_hash or "", base_model=warm.base_model, train_run_id=warm.run_id or ""),
-        run_id=warm.run_id, lock_timeout_s=cfg.registry.lock_timeout_s, require_fresh_evaluation=False,
-    )
+        summary={"stage": "bootstrap", "examples": warm.examples, "rows": warm.rows}, run_id=warm.run_id,
+        require_fresh_evaluation=False)

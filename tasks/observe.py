@@ -1,35 +1,319 @@
-"""Prefect tasks of the observe stage: thin wrappers of ``flywheel.observe`` (retries with backoff on I/O only)."""
+"""The observe stage: pull new interaction-log objects (local folder or ``s3://bucket/prefix``) into one raw snapshot.
+
+- Sources and layout (``flywheel.sources``): ``<source>/.../dt=YYYY-MM-DD/<any>.jsonl | .jsonl.gz | .parquet``;
+  other keys are counted as ignored.
+- Incremental: a manifest in ``<state>/manifest/`` remembers every processed object (key + ETag, or size/mtime for
+  local files). A rerun reads nothing twice; a new or rewritten object in an old partition is read.
+- Unreadable objects (bad gzip, bad Parquet, persistent I/O errors) are quarantined whole in
+  ``<state>/quarantine/objects-<hash>.jsonl``, never skipped silently.
+- Parsing (``flywheel.logparse``): every line becomes one snapshot row; lines that are not a JSON object keep
+  their raw text and a reason in ``_errors`` so validate quarantines them before Great Expectations.
+
+The manifest is committed by ``commit_manifest`` once the snapshot has been validated (``observe(commit=True)``
+commits at once), so a batch stopped by a gate is read again after the fix. ``observe_logs`` and
+``commit_observed`` are the Prefect tasks; both retry transient I/O failures only.
+"""
 from __future__ import annotations
 
+import concurrent.futures as cf
+import hashlib
+import os
+import time
+from collections import deque
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock
 from prefect import task
 from prefect.tasks import exponential_backoff
 
 from flywheel.config.data import SourceConfig
-from flywheel.observe import Observation, commit_manifest, observe
+from flywheel.logparse import RAW_SCHEMA, parse_object
+from flywheel.records import Observation
+from flywheel.retries import failed_transiently
+from flywheel.sources import LogSource, ObjectRef, log_partition, open_source, read_and_parse
+
+# Parquet dictionary encoding only where values repeat: trying it on messages/completions costs time, saves nothing.
+DICTIONARY_COLUMNS = ["dt", "task", "model_version", "source_object", "_errors", "_roles"]
+ROW_GROUP_ROWS = 128 * 1024
 
 
-def retry_on_io(task, task_run, state) -> bool:
-    """Retry only transient I/O failures (S3, network, disk), never bad data or bugs."""
+# ---------------------------------------------------------------- manifest
+
+
+def manifest_path(state_dir: str | Path, source_uri: str) -> Path:
+    """The manifest file of ``source_uri`` under ``state_dir`` (one per source)."""
+    digest = hashlib.sha256(source_uri.rstrip("/").encode()).hexdigest()[:16]
+    return Path(state_dir) / "manifest" / f"{digest}.json"
+
+
+def load_manifest(path: Path) -> dict:
+    """``{"source": uri, "objects": {key: {"etag", "size", "dt", "status", ...}}}``; empty when never written."""
+    if not path.exists():
+        return {"source": None, "objects": {}}
+    return orjson.loads(path.read_bytes())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def commit_manifest(observation: Observation, state_dir: str | Path) -> int:
+    """Merge the objects of ``observation`` into the source's manifest; returns how many entries it added or updated."""
+    if not observation.manifest_pending_uri or not Path(observation.manifest_pending_uri).exists():
+        return 0
+    path = manifest_path(state_dir, observation.source_uri)
+    with FileLock(str(path) + ".lock", timeout=600):
+        manifest = load_manifest(path)
+        manifest["source"] = observation.source_uri
+        pending = orjson.loads(Path(observation.manifest_pending_uri).read_bytes())
+        manifest["objects"].update(pending)
+        _write_atomic(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        Path(observation.manifest_pending_uri).unlink()
+    return len(pending)
+
+
+# ---------------------------------------------------------------- observe
+
+
+@dataclass(frozen=True)
+class _NewObjects:
+    wanted: list[tuple[ObjectRef, str]]  # (object, its day) not processed yet, in key order
+    skipped: int  # already in the manifest with the same version tag
+    ignored: int  # not a log object
+
+
+@dataclass
+class _ReadTally:
+    """What the read loop has gathered so far."""
+
+    rows: int = 0
+    bytes_read: int = 0
+    parse_seconds: float = 0.0
+    write_seconds: float = 0.0
+    digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of the object's bytes (objects read)
+    pending: dict[str, dict] = field(default_factory=dict)  # key -> manifest entry, committed after validate
+    unreadable: list[dict] = field(default_factory=list)  # object quarantine records
+
+
+def _new_objects(refs: list[ObjectRef], processed: dict[str, dict]) -> _NewObjects:
+    wanted, skipped, ignored = [], 0, 0
+    for ref in refs:
+        day = log_partition(ref.key)
+        if day is None:
+            ignored += 1
+        elif processed.get(ref.key, {}).get("etag") == ref.etag:
+            skipped += 1
+        else:
+            wanted.append((ref, day))
+    return _NewObjects(wanted, skipped, ignored)
+
+
+def _read_and_hash(reader: LogSource, ref: ObjectRef) -> tuple[bytes, str]:
+    data = reader.read(ref)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _executor(source: SourceConfig, wanted: list[tuple[ObjectRef, str]]) -> tuple[cf.Executor, bool]:
+    """Threads (download ahead, parse here) for small batches; worker processes (True) for big ones."""
+    big = sum(ref.size for ref, _ in wanted) >= source.parallel_min_bytes
+    if source.parse_workers > 1 and len(wanted) > 1 and big:
+        import multiprocessing as mp
+
+        context = mp.get_context("forkserver")  # children forked from a clean, single-threaded server
+        context.set_forkserver_preload(["flywheel.sources"])
+        return cf.ProcessPoolExecutor(max_workers=source.parse_workers, mp_context=context), True
+    return cf.ThreadPoolExecutor(max_workers=source.max_workers), False
+
+
+def _parsed(future: cf.Future, ref: ObjectRef, dt: str, in_processes: bool, tally: _ReadTally) -> pa.Table | None:
+    """The rows of one fetched object; None (and a quarantine record) when it cannot be read or decoded."""
+    entry = {"etag": ref.etag, "size": ref.size, "dt": dt}
     try:
-        state.result()
-    except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
-        return not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError))
-    except Exception as exc:  # noqa: BLE001
-        return type(exc).__module__.startswith(("botocore", "boto3", "urllib3"))
-    return False
+        if in_processes:
+            table, digest, size, parse_seconds = future.result()
+            tally.bytes_read += size
+        else:
+            data, digest = future.result()
+            tally.bytes_read += len(data)
+            start = time.perf_counter()
+            table = parse_object(ref.key, data, dt)
+            parse_seconds = time.perf_counter() - start
+    except BrokenProcessPool as e:
+        raise RuntimeError(f"observe: a parse worker process died while reading {ref.key} (out of memory?); "
+                           "rerun with source.parse_workers: 1") from e
+    except Exception as e:  # noqa: BLE001 - whatever breaks reading or decoding quarantines the object
+        tally.unreadable.append({"source_object": ref.key, "etag": ref.etag, "size": ref.size,
+                                 "reason": f"unreadable_object: {type(e).__name__}: {str(e)[:300]}"})
+        tally.pending[ref.key] = {**entry, "status": "quarantined"}
+        return None
+    tally.parse_seconds += parse_seconds
+    tally.digests[ref.key] = digest
+    tally.pending[ref.key] = {**entry, "status": "read", "rows": table.num_rows}
+    return table
+
+
+def _read_objects(source: SourceConfig, reader: LogSource, wanted: list[tuple[ObjectRef, str]], snapshot: Path,
+                  progress: bool) -> tuple[_ReadTally, float, bool]:
+    """Write the rows of ``wanted`` to ``snapshot``; returns the tally, loop seconds, and whether processes parsed.
+
+    Objects are fetched (and, in worker processes, parsed) ahead, at most ``window`` at once, and appended in key
+    order: the snapshot is deterministic and memory stays bounded.
+    """
+    tally = _ReadTally()
+    bar = _progress(progress, len(wanted))
+    executor, in_processes = _executor(source, wanted)
+    window = 2 * source.parse_workers if in_processes else source.max_workers
+    source_json = source.model_dump_json()
+
+    def submit(ref: ObjectRef, dt: str) -> cf.Future:
+        if in_processes:
+            return executor.submit(read_and_parse, source_json, ref, dt)
+        return executor.submit(_read_and_hash, reader, ref)
+
+    start = time.perf_counter()
+    try:
+        with executor, pq.ParquetWriter(snapshot, RAW_SCHEMA, compression="zstd", compression_level=1,
+                                        use_dictionary=DICTIONARY_COLUMNS) as writer:
+            todo, in_flight = deque(wanted), deque()
+            while todo or in_flight:
+                while todo and len(in_flight) < window:
+                    ref, dt = todo.popleft()
+                    in_flight.append((submit(ref, dt), ref, dt))
+                future, ref, dt = in_flight.popleft()
+                table = _parsed(future, ref, dt, in_processes, tally)
+                if table is not None:
+                    write_start = time.perf_counter()
+                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                    tally.write_seconds += time.perf_counter() - write_start
+                    tally.rows += table.num_rows
+                    del table
+                bar.advance()
+    finally:
+        bar.close()
+    return tally, time.perf_counter() - start, in_processes
+
+
+def _phase_seconds(tally: _ReadTally, loop_seconds: float, in_processes: bool) -> dict[str, float]:
+    """Seconds of read, parse and write; with parse processes, the wall time not spent writing, parse CPU apart."""
+    if in_processes:
+        not_writing = max(loop_seconds - tally.write_seconds, 0.0)
+        return {"read_parse_wall": not_writing, "parse_cpu": tally.parse_seconds, "write": tally.write_seconds,
+                "read": 0.0, "parse": not_writing}
+    return {"read": max(loop_seconds - tally.parse_seconds - tally.write_seconds, 0.0), "parse": tally.parse_seconds,
+            "write": tally.write_seconds}
+
+
+def _content_hash(digests: dict[str, str]) -> str:
+    """One hash of the objects read: their keys and byte hashes, in key order."""
+    lines = b"".join(f"{key}\t{digest}\n".encode() for key, digest in sorted(digests.items()))
+    return hashlib.sha256(lines).hexdigest()
+
+
+def _write_side_files(state: Path, tag: str, tally: _ReadTally) -> tuple[Path | None, Path]:
+    """The object quarantine (None when every object was readable) and the pending manifest entries."""
+    object_quarantine = None
+    if tally.unreadable:
+        object_quarantine = state / "quarantine" / f"objects-{tag}.jsonl"
+        _write_atomic(object_quarantine, b"".join(orjson.dumps(record) + b"\n" for record in tally.unreadable))
+    for entry in tally.pending.values():
+        entry["snapshot"] = tag
+    pending = state / "manifest" / f"pending-{tag}.json"
+    _write_atomic(pending, orjson.dumps(tally.pending))
+    return object_quarantine, pending
+
+
+def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, progress: bool = False) -> Observation:
+    """Read every object of ``source`` not yet in the manifest into ``<state>/snapshots/<hash>.raw.parquet``."""
+    state = Path(state_dir)
+    start = time.perf_counter()
+    reader = open_source(source)
+    refs = reader.list()
+    seconds = {"list": time.perf_counter() - start}
+    new = _new_objects(refs, load_manifest(manifest_path(state, source.uri))["objects"])
+    if not new.wanted:
+        return Observation(source_uri=source.uri, new_data=False, objects_skipped=new.skipped,
+                           objects_ignored=new.ignored, seconds=seconds,
+                           message=f"no new data in {source.uri}: {new.skipped} objects already processed, "
+                                   f"{new.ignored} ignored")
+
+    snapshots = state / "snapshots"
+    snapshots.mkdir(parents=True, exist_ok=True)
+    partial = snapshots / f".observe-{os.getpid()}-{time.time_ns()}.parquet"
+    try:
+        tally, loop_seconds, in_processes = _read_objects(source, reader, new.wanted, partial, progress)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    content_hash = _content_hash(tally.digests)
+    tag = content_hash[:16]
+    snapshot = snapshots / f"{tag}.raw.parquet"
+    os.replace(partial, snapshot)
+    seconds.update(_phase_seconds(tally, loop_seconds, in_processes))
+    object_quarantine, pending = _write_side_files(state, tag, tally)
+    partitions = sorted({dt for _, dt in new.wanted})
+    observation = Observation(
+        source_uri=source.uri, new_data=True, snapshot_uri=str(snapshot), snapshot_hash=content_hash, rows=tally.rows,
+        objects_read=len(tally.digests), objects_quarantined=len(tally.unreadable), objects_skipped=new.skipped,
+        objects_ignored=new.ignored, bytes_read=tally.bytes_read, partitions=partitions,
+        object_quarantine_uri=str(object_quarantine) if object_quarantine else None,
+        manifest_pending_uri=str(pending), seconds={phase: round(s, 3) for phase, s in seconds.items()},
+        message=f"read {tally.rows} rows from {len(tally.digests)} objects in {len(partitions)} partitions"
+                + (f"; {len(tally.unreadable)} unreadable objects quarantined" if tally.unreadable else ""),
+    )
+    if commit:
+        commit_manifest(observation, state)
+    return observation
+
+
+class _NoProgress:
+    def advance(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _ProgressBar:
+    def __init__(self, total: int):
+        from rich.progress import Progress
+
+        self.progress = Progress(transient=True)
+        self.progress.start()
+        self.bar = self.progress.add_task("observe", total=total)
+
+    def advance(self) -> None:
+        self.progress.advance(self.bar)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _progress(enabled: bool, total: int) -> _NoProgress | _ProgressBar:
+    return _ProgressBar(total) if enabled and total > 1 else _NoProgress()
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def retry_on_transient_io(task, task_run, state) -> bool:
+    """Prefect retry condition: retry a transient I/O failure (S3, network, disk), never bad data or a bug."""
+    return failed_transiently(state)
 
 
 @task(name="observe_logs", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5, retry_condition_fn=retry_on_io, task_run_name="observe-{source.uri}")
+      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient_io, task_run_name="observe-{source.uri}")
 def observe_logs(source: SourceConfig, state_dir: str | Path) -> Observation:
     """Read the new log objects of ``source`` into a raw snapshot (manifest committed later by ``commit_observed``)."""
     return observe(source, state_dir, commit=False)
 
 
 @task(name="commit_observed", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_condition_fn=retry_on_io)
+      retry_condition_fn=retry_on_transient_io)
 def commit_observed(observation: Observation, state_dir: str | Path) -> int:
     """Mark the observed objects as processed, once their snapshot passed validation."""
     return commit_manifest(observation, state_dir)

@@ -1,13 +1,391 @@
-"""Prefect task of the validate stage: a thin wrapper of ``flywheel.validate`` (deterministic: no retries)."""
+"""The validate stage: enforce the data contract on a raw snapshot; quarantine what fails, scrub PII from the rest.
+
+1. Parse-level failures found by observe (``malformed_json``, ``invalid_utf8``, ``not_an_object``, ``type:<field>``)
+   are taken as they are; lines that did not decode to an object never reach Great Expectations.
+2. The contract's GX suite (``data_contracts/<contract>.py: build_suite``) runs once on a check frame of the decoded
+   rows with ``result_format="COMPLETE"``; each failed expectation gives the failing rows (index = snapshot row) and
+   its ``meta["check"]`` names the reason. Duplicates keep their first line in log order (object, line).
+3. Every rejected row becomes one quarantine JSONL record: source object and line, request_id, every reason, raw input.
+4. Clean rows lose the internal ``_`` columns, are PII-scrubbed (counts per pattern) and written as the clean snapshot.
+5. Batch gates (min rows, quarantine fraction, null rate of key fields, duplicate rate) are evaluated; a failure raises
+   ``GateFailed`` naming the gate and the numbers, after the quarantine and the report are written.
+6. ``rows_in == rows_clean + rows_quarantined`` is checked on every run.
+
+``validate_snapshot`` is the Prefect task (deterministic: no retries).
+"""
 from __future__ import annotations
 
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import task
 
-from flywheel.config.data import ValidateConfig
-from flywheel.observe import Observation
-from flywheel.validate import Validation, validate
+from flywheel import pii
+from flywheel.config.data import GatesConfig, ValidateConfig
+from flywheel.records import GateResult, Observation, Validation
+from flywheel.schema import SNAPSHOT_COLUMNS
+from flywheel.validation_report import write_report
+
+KEY_FIELDS = ("request_id", "timestamp", "task", "model_version", "messages", "completion")
+CHECK_COLUMNS = ["request_id", "timestamp", "task", "model_version", "completion", "comment", "thumbs", "latency_ms",
+                 "_n_messages", "_max_content_chars", "_roles", "_errors", "_decoded", "source_object", "source_line"]
+CLEAN_DICTIONARY_COLUMNS = ["dt", "task", "model_version", "source_object"]
+BATCH_ROWS = 64 * 1024
+EXAMPLES_PER_CHECK = 3
+
+
+class GateFailed(RuntimeError):
+    """A batch gate failed; ``.validation`` holds the full record (report and quarantine were written)."""
+
+    def __init__(self, message: str, validation: Validation):
+        super().__init__(message)
+        self.validation = validation
+
+
+class ContractError(ValueError):
+    """The configured contract cannot be loaded."""
+
+
+def load_contract(name: str) -> ModuleType:
+    """The module ``data_contracts.<name>``, checked to expose ``build_suite``."""
+    try:
+        module = importlib.import_module(f"data_contracts.{name}")
+    except ModuleNotFoundError:
+        raise ContractError(f"validate.contract: no module data_contracts/{name}.py") from None
+    if not hasattr(module, "build_suite"):
+        raise ContractError(f"validate.contract: data_contracts/{name}.py has no build_suite()")
+    return module
+
+
+# ---------------------------------------------------------------- the contract's checks
+
+
+def _check_frame(table: pa.Table, rows: np.ndarray, id_codes: np.ndarray):
+    """The columns the suite checks, for the decoded rows; index = row number in the snapshot.
+
+    Nothing is copied row by row in Arrow: numbers are computed on whole columns and indexed in numpy; text columns
+    become pandas categoricals (GX filters the whole frame once per expectation: taking codes is cheap) and
+    ``request_id`` becomes its dictionary code (equal ids, equal codes) plus its length.
+    """
+    import pandas as pd
+
+    def numbers(column) -> np.ndarray:
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)[rows]
+
+    def categories(column) -> pd.Categorical:
+        encoded = pc.dictionary_encode(column.combine_chunks())
+        return pd.Categorical.from_codes(encoded.indices.fill_null(-1).to_numpy()[rows],
+                                         encoded.dictionary.to_pylist())
+
+    ids = id_codes[rows].astype(np.float64)
+    ids[ids < 0] = np.nan
+    frame = pd.DataFrame({
+        "request_id_key": ids,
+        "request_id_chars": numbers(pc.utf8_length(table["request_id"])),
+        "timestamp": table["timestamp"].take(pa.array(rows)).to_pandas(),
+        "task": categories(table["task"]),
+        "model_version": categories(table["model_version"]),
+        "completion_chars": numbers(pc.utf8_length(table["completion"])),
+        "comment_chars": numbers(pc.utf8_length(table["comment"])),
+        "messages_count": numbers(table["_n_messages"]),
+        "message_max_chars": numbers(table["_max_content_chars"]),
+        "message_roles": categories(table["_roles"]),
+        "thumbs": numbers(table["thumbs"]),
+        "latency_ms": numbers(table["latency_ms"]),
+    })
+    frame.index = rows
+    return frame
+
+
+def _id_codes(table: pa.Table) -> np.ndarray:
+    """Dictionary code of each request_id (equal ids, equal codes; -1 = missing)."""
+    return pc.dictionary_encode(table["request_id"].combine_chunks()).indices.fill_null(-1).to_numpy()
+
+
+def _later_duplicates(table: pa.Table, codes: np.ndarray) -> np.ndarray:
+    """True for every non-null request_id already seen on an earlier line (the first occurrence stays clean).
+
+    "Earlier" is log order (object, then line), not snapshot order: observe writes each object's well-formed lines
+    before its odd ones, and which line of a duplicated pair is kept must not depend on that.
+    """
+    objects = pc.dictionary_encode(table["source_object"].combine_chunks()).indices.to_numpy()  # first-seen order
+    order = np.lexsort((table["source_line"].to_numpy(), objects))
+    first = np.zeros(len(codes), dtype=bool)
+    _, where = np.unique(codes[order], return_index=True)
+    first[order[where]] = True
+    return (codes >= 0) & ~first
+
+
+def _gx_context():
+    """An ephemeral GX context with in-memory stores and no data-docs site (nothing under the temp folder)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults
+
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
+    return gx.get_context(project_config=config, mode="ephemeral")
+
+
+def run_suite(frame, suite) -> dict[str, np.ndarray]:
+    """Run the GX ``suite`` on ``frame``; returns reason -> snapshot rows that failed it."""
+    import logging
+
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = _gx_context()
+    try:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    except Exception:  # noqa: BLE001, S110 - progress bars are cosmetic
+        pass
+    suite = context.suites.add(suite)
+    batch = context.data_sources.add_pandas("snapshot").add_dataframe_asset("rows") \
+        .add_batch_definition_whole_dataframe("all")
+    definition = gx.ValidationDefinition(data=batch, suite=suite, name="contract")
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format="COMPLETE")
+    failures: dict[str, np.ndarray] = {}
+    for outcome in result.results:
+        expectation = outcome.expectation_config
+        name = (expectation.meta or {}).get("check") or f"{expectation.type}:{expectation.kwargs.get('column')}"
+        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+            raise RuntimeError(f"contract check {name} could not run: "
+                               f"{outcome.exception_info.get('exception_message')}")
+        failures[name] = np.asarray(outcome.result.get("unexpected_index_list") or [], dtype=np.int64)
+    return failures
+
+
+@dataclass
+class _Verdict:
+    """Which snapshot rows failed which check."""
+
+    failed: dict[str, np.ndarray]  # reason -> sorted snapshot rows
+    rejected: np.ndarray  # (rows_in,) bool: the row failed at least one check
+    reasons: dict[int, list[str]]  # snapshot row -> its reasons, sorted
+    decoded: np.ndarray  # (rows_in,) bool: the line decoded to a JSON object
+
+
+def _parse_reasons(table: pa.Table) -> dict[int, list[str]]:
+    """Snapshot row -> the parse-level reasons observe recorded in ``_errors``."""
+    rows = np.flatnonzero(table["_errors"].is_valid().to_numpy(zero_copy_only=False))
+    errors = table["_errors"].take(pa.array(rows)).to_pylist()
+    return {row: joined.split("|") for row, joined in zip(rows.tolist(), errors)}
+
+
+def _judge_rows(table: pa.Table, contract: ModuleType, cfg: ValidateConfig, now: str | None) -> _Verdict:
+    """Parse-level reasons plus the contract suite's failures, row by row."""
+    decoded = table["_decoded"].to_numpy(zero_copy_only=False).astype(bool)
+    parse_reasons = _parse_reasons(table)
+    failures: dict[str, list[np.ndarray]] = {}
+    for row, reasons in parse_reasons.items():
+        for reason in reasons:
+            failures.setdefault(reason, []).append(np.array([row]))
+    rows = np.flatnonzero(decoded)
+    id_codes = _id_codes(table)
+    suite_failures = {}
+    if len(rows):
+        suite = contract.build_suite(cfg.limits.contract_limits(), now=now)
+        suite_failures = run_suite(_check_frame(table, rows, id_codes), suite)
+    later_duplicate = _later_duplicates(table, id_codes)
+    for name, idx in suite_failures.items():
+        if name.startswith("duplicate:"):
+            idx = idx[later_duplicate[idx]]  # keep the first occurrence
+        if name.startswith("missing:"):  # a wrong type is reported as such, not as missing
+            typed = "type:" + name.split(":", 1)[1]
+            idx = np.array([i for i in idx.tolist() if typed not in parse_reasons.get(i, ())], dtype=np.int64)
+        if len(idx):
+            failures.setdefault(name, []).append(idx)
+    failed = {name: np.unique(np.concatenate(parts)) for name, parts in failures.items()}
+    rejected = np.zeros(table.num_rows, dtype=bool)
+    row_reasons: dict[int, list[str]] = {}
+    for name in sorted(failed):
+        rejected[failed[name]] = True
+        for row in failed[name].tolist():
+            row_reasons.setdefault(row, []).append(name)
+    return _Verdict(failed, rejected, row_reasons, decoded)
+
+
+# ---------------------------------------------------------------- quarantine and clean snapshot
+
+
+def _logged_record(row: dict) -> str:
+    """The interaction-log record of a row that decoded fine (its raw line is not kept), rebuilt from its columns."""
+    ts = row["timestamp"]
+    record = {
+        "request_id": row["request_id"], "timestamp": ts.isoformat() if ts is not None else None,
+        "task": row["task"], "model_version": row["model_version"],
+        "messages": orjson.loads(row["messages"]) if row["messages"] else None, "completion": row["completion"],
+        "feedback": {k: row[k] for k in ("thumbs", "resolved", "escalated", "edited", "comment")},
+        "latency_ms": row["latency_ms"], "metadata": orjson.loads(row["metadata"]) if row["metadata"] else None,
+    }
+    return orjson.dumps(record).decode()
+
+
+def _quarantine_lines(batch: pa.RecordBatch, rows: np.ndarray, reasons: dict[int, list[str]], tag: str,
+                      contract: str, examples: dict[str, list[dict]]) -> bytes:
+    """One JSONL record per rejected row of ``batch`` (snapshot row numbers ``rows``); keeps a few examples."""
+    lines = []
+    for i, row in zip(rows.tolist(), batch.to_pylist()):
+        raw = row["_raw"] if row["_raw"] is not None else _logged_record(row)
+        record = {"source_object": row["source_object"], "source_line": row["source_line"], "dt": row["dt"],
+                  "request_id": row["request_id"], "reasons": reasons[i], "raw": raw, "snapshot": tag,
+                  "contract": contract}
+        lines.append(orjson.dumps(record) + b"\n")
+        for reason in reasons[i]:
+            shown = examples.setdefault(reason, [])
+            if len(shown) < EXAMPLES_PER_CHECK:
+                shown.append({"source_object": record["source_object"], "source_line": record["source_line"],
+                              "request_id": record["request_id"], "raw": raw[:300]})
+    return b"".join(lines)
+
+
+@dataclass
+class _Split:
+    """What the streamed pass over the snapshot wrote."""
+
+    rows_seen: int = 0
+    rows_clean: int = 0
+    pii: dict[str, int] = field(default_factory=dict)  # pattern -> matches scrubbed
+    examples: dict[str, list[dict]] = field(default_factory=dict)  # reason -> a few quarantined rows
+
+
+def _split_snapshot(snapshot_uri: str | Path, verdict: _Verdict, cfg: ValidateConfig, tag: str,
+                    quarantine_path: Path, clean_path: Path, seconds: dict[str, float]) -> _Split:
+    """One streamed pass: rejected rows -> quarantine JSONL, clean rows -> PII scrub -> clean snapshot."""
+    split = _Split()
+    seconds.update(quarantine=0.0, pii=0.0, write=0.0)
+    quarantine_partial, clean_partial = quarantine_path.with_suffix(".tmp"), clean_path.with_suffix(".tmp")
+    raw_schema = pq.read_schema(snapshot_uri)
+    clean_schema = pa.schema([raw_schema.field(c) for c in SNAPSHOT_COLUMNS])
+    with open(quarantine_partial, "wb") as quarantine, pq.ParquetWriter(
+            clean_partial, clean_schema, compression="zstd", compression_level=1,
+            use_dictionary=CLEAN_DICTIONARY_COLUMNS) as writer:
+        for batch in pq.ParquetFile(snapshot_uri).iter_batches(batch_size=BATCH_ROWS):
+            start = time.perf_counter()
+            mask = verdict.rejected[split.rows_seen:split.rows_seen + batch.num_rows]
+            if mask.any():
+                quarantine.write(_quarantine_lines(batch.filter(pa.array(mask)), split.rows_seen + np.flatnonzero(mask),
+                                                   verdict.reasons, tag, cfg.contract, split.examples))
+            seconds["quarantine"] += time.perf_counter() - start
+            start = time.perf_counter()
+            clean = pa.Table.from_batches([batch]).filter(pa.array(~mask)).select(SNAPSHOT_COLUMNS)
+            if cfg.pii.enabled:
+                clean, counts = pii.scrub(clean, cfg.pii.extra_patterns)
+                for name, n in counts.items():
+                    split.pii[name] = split.pii.get(name, 0) + n
+            seconds["pii"] += time.perf_counter() - start
+            start = time.perf_counter()
+            writer.write_table(clean, row_group_size=BATCH_ROWS)
+            split.rows_clean += clean.num_rows
+            split.rows_seen += batch.num_rows
+            seconds["write"] += time.perf_counter() - start
+    os.replace(quarantine_partial, quarantine_path)
+    os.replace(clean_partial, clean_path)
+    return split
+
+
+# ---------------------------------------------------------------- gates
+
+
+def evaluate_gates(gates: GatesConfig, rows_in: int, rows_quarantined: int, checks: dict[str, int],
+                   decoded: np.ndarray) -> list[GateResult]:
+    """The batch gates: min rows, quarantine fraction, null rate of the worst key field, duplicate rate."""
+    n = max(rows_in, 1)
+    undecoded = int((~decoded).sum())
+    nulls = {f: checks.get(f"missing:{f}", 0) + checks.get(f"type:{f}", 0) + undecoded for f in KEY_FIELDS}
+    worst = max(nulls, key=nulls.get)
+    null_rate = nulls[worst] / n
+    duplicates = checks.get("duplicate:request_id", 0)
+    duplicate_rate = duplicates / n
+    quarantined = rows_quarantined / n
+
+    def compared(value: float, limit: float) -> str:
+        return "<=" if value <= limit else ">"
+
+    return [
+        GateResult(name="min_rows", passed=rows_in >= gates.min_rows, value=rows_in, threshold=gates.min_rows,
+                   message=f"gate min_rows: {rows_in} rows in, need at least {gates.min_rows}"),
+        GateResult(name="max_quarantine_fraction", passed=quarantined <= gates.max_quarantine_fraction,
+                   value=round(quarantined, 6), threshold=gates.max_quarantine_fraction,
+                   message=f"gate max_quarantine_fraction: {rows_quarantined} of {rows_in} rows quarantined "
+                           f"({quarantined:.2%}) {compared(quarantined, gates.max_quarantine_fraction)} "
+                           f"max {gates.max_quarantine_fraction:.2%}"),
+        GateResult(name="max_null_rate", passed=null_rate <= gates.max_null_rate, value=round(null_rate, 6),
+                   threshold=gates.max_null_rate,
+                   message=f"gate max_null_rate: key field {worst} is missing or unreadable in {nulls[worst]} of "
+                           f"{rows_in} rows ({null_rate:.2%}) {compared(null_rate, gates.max_null_rate)} "
+                           f"max {gates.max_null_rate:.2%}"),
+        GateResult(name="max_duplicate_rate", passed=duplicate_rate <= gates.max_duplicate_rate,
+                   value=round(duplicate_rate, 6), threshold=gates.max_duplicate_rate,
+                   message=f"gate max_duplicate_rate: {duplicates} of {rows_in} rows repeat an earlier request_id "
+                           f"({duplicate_rate:.2%}) {compared(duplicate_rate, gates.max_duplicate_rate)} "
+                           f"max {gates.max_duplicate_rate:.2%}"),
+    ]
+
+
+# ---------------------------------------------------------------- validate
+
+
+def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfig | None = None,
+             snapshot_hash: str | None = None, now: str | None = None) -> Validation:
+    """Validate the raw snapshot at ``snapshot_uri`` against ``cfg.contract``; see the module docstring.
+
+    ``snapshot_hash`` defaults to the snapshot's file name; ``now`` (ISO, UTC) bounds timestamps (default: now).
+    """
+    cfg = cfg or ValidateConfig()
+    state = Path(state_dir)
+    contract = load_contract(cfg.contract)
+    pii.patterns(cfg.pii.extra_patterns)  # fail early on a bad extra regex
+    snapshot_hash = snapshot_hash or Path(snapshot_uri).name.split(".")[0]
+    tag = snapshot_hash[:16]
+    seconds: dict[str, float] = {}
+
+    # 1-2. parse-level reasons and the contract's suite
+    start = time.perf_counter()
+    table = pq.read_table(snapshot_uri, columns=CHECK_COLUMNS)  # no message texts: those are streamed below
+    rows_in = table.num_rows
+    seconds["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    verdict = _judge_rows(table, contract, cfg, now)
+    del table
+    seconds["checks"] = time.perf_counter() - start
+
+    # 3-4. quarantine and clean snapshot
+    quarantine_path = state / "quarantine" / f"{tag}.jsonl"
+    clean_path = state / "snapshots" / f"{tag}.clean.parquet"
+    for path in (quarantine_path, clean_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    split = _split_snapshot(snapshot_uri, verdict, cfg, tag, quarantine_path, clean_path, seconds)
+
+    # 5-6. invariant and gates
+    rows_quarantined = int(verdict.rejected.sum())
+    if split.rows_seen != rows_in or rows_in != split.rows_clean + rows_quarantined:
+        raise RuntimeError(f"invariant broken: rows_in={rows_in} != rows_clean={split.rows_clean} + "
+                           f"rows_quarantined={rows_quarantined} (snapshot {snapshot_uri})")
+    checks = {name: len(rows) for name, rows in sorted(verdict.failed.items())}
+    gates = evaluate_gates(cfg.gates, rows_in, rows_quarantined, checks, verdict.decoded)
+    report_path = state / "reports" / f"validation-{tag}.json"
+    validation = Validation(
+        snapshot_hash=snapshot_hash, contract=cfg.contract, rows_in=rows_in, rows_clean=split.rows_clean,
+        rows_quarantined=rows_quarantined, clean_uri=str(clean_path), quarantine_uri=str(quarantine_path),
+        report_uri=str(report_path), report_html_uri=str(report_path.with_suffix(".html")), checks=checks,
+        pii=split.pii, gates=gates, passed=all(g.passed for g in gates),
+        seconds={phase: round(s, 3) for phase, s in seconds.items()},
+    )
+    write_report(validation, split.examples, snapshot_uri)
+    if not validation.passed:
+        raise GateFailed("validate: batch gate failed: " + "; ".join(g.message for g in gates if not g.passed),
+                         validation)
+    return validation
 
 
 @task(name="validate_snapshot", task_run_name="validate-{observation.snapshot_hash}")

@@ -16,20 +16,23 @@ def _fail(message: str) -> None:
 
 @app.command("demo-data")
 def demo_data(
-    out: Path = typer.Option(..., "--out", help="Folder to write dt=YYYY-MM-DD/ partitions (+ _gold/, _defects/) into."),
+    out: Path = typer.Option(..., "--out",
+                             help="Folder to write dt=YYYY-MM-DD/ partitions (+ _gold/, _defects/) into."),
     days: int = typer.Option(3, "--days", min=1, help="Number of daily partitions."),
     rows_per_day: int = typer.Option(1000, "--rows-per-day", min=1, help="Log lines per day (defects included)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     defect_rate: float = typer.Option(0.05, "--defect-rate", min=0.0, max=1.0, help="Share of defective lines."),
     start_date: str = typer.Option(None, "--start-date", help="First day YYYY-MM-DD (default: DAYS days ago)."),
     fmt: str = typer.Option("jsonl.gz", "--format", help="jsonl, jsonl.gz or parquet."),
+    task: str = typer.Option("support_triage", "--task", help="Built-in demo task: support_triage or it_helpdesk."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Write realistic support-bot logs (noisy feedback, systematic model errors, recorded defects)."""
-    from flywheel.demo_data import generate_logs
+    """Write realistic production logs of a built-in task (noisy feedback, systematic model errors, defects)."""
+    from demo import get_task
+    from demo.logs import generate_logs
 
     try:
-        summary = generate_logs(out, days=days, rows_per_day=rows_per_day, seed=seed, defect_rate=defect_rate,
+        summary = generate_logs(get_task(task), out, days=days, rows_per_day=rows_per_day, seed=seed, defect_rate=defect_rate,
                                 start_date=start_date, fmt=fmt)
     except ValueError as e:
         _fail(f"demo-data: {e}")
@@ -39,15 +42,15 @@ def demo_data(
     typer.echo(f"wrote {summary.rows} log lines in {summary.objects} objects under {out} "
                f"({', '.join(summary.days)})")
     typer.echo(f"defects: {summary.defects} ({summary.quarantine_expected} to quarantine, the rest is PII to scrub)")
-    typer.echo(f"production model accuracy (gold): {summary.logged_accuracy:.1%}  by intent: "
-               + ", ".join(f"{k} {v:.0%}" for k, v in summary.accuracy_by_intent.items()))
+    typer.echo(f"production model accuracy (gold): {summary.logged_accuracy:.1%}  by kind: "
+               + ", ".join(f"{k} {v:.0%}" for k, v in summary.accuracy_by_kind.items()))
 
 
 def run_ingest(config: Path | None, source: str | None, state: Path | None, progress: bool = False) -> dict:
     """observe + validate + commit; returns the summary dict (raises ConfigError, GateFailed, OSError...)."""
     from flywheel.config import load_config
-    from flywheel.observe import commit_manifest, observe
-    from flywheel.validate import validate
+    from tasks.observe import commit_manifest, observe
+    from tasks.validate import validate
 
     cfg = load_config(config, overrides={"source.uri": source, "project.state_dir": str(state) if state else None})
     obs = observe(cfg.source, cfg.state, commit=False, progress=progress)
@@ -59,7 +62,7 @@ def run_ingest(config: Path | None, source: str | None, state: Path | None, prog
                "snapshot_hash": obs.snapshot_hash, "seconds": {"observe": obs.seconds}}
     if not obs.new_data:
         return summary
-    v = validate(obs.snapshot_uri, cfg.state, cfg.validate_, snapshot_hash=obs.snapshot_hash)
+    v = validate(obs.snapshot_uri, cfg.state, cfg.validation, snapshot_hash=obs.snapshot_hash)
     commit_manifest(obs, cfg.state)
     summary.update(rows_in=v.rows_in, rows_clean=v.rows_clean, rows_quarantined=v.rows_quarantined,
                    snapshot_uri=v.clean_uri, quarantine_uri=v.quarantine_uri, report_uri=v.report_uri,
@@ -79,7 +82,7 @@ def ingest(
     """Observe new logs and validate them: clean snapshot, quarantine with reasons, report."""
     from flywheel.config import ConfigError
     from flywheel.pii import PiiPatternError
-    from flywheel.validate import ContractError, GateFailed
+    from tasks.validate import ContractError, GateFailed
 
     try:
         summary = run_ingest(config, source, state, progress=not as_json)

@@ -51,14 +51,16 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder: logs, state, report.json, report.html."),
     fast: bool = typer.Option(False, "--fast", help="Smaller logs and fewer steps (tests, smoke checks)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the demo logs and of training."),
+    task: str = typer.Option("support_triage", "--task",
+                             help="Built-in task whose logs the demo generates: support_triage or it_helpdesk."),
 ) -> None:
     """The whole cycle offline: 3 days of logs, day-0 champion, two nightly flows, summary table and report."""
     _env_defaults()
-    from flows.demo import DemoError, run_demo
+    from demo.run import DemoError, run_demo
 
     try:
-        report = run_demo(out, fast=fast, seed=seed)
-    except DemoError as e:
+        report = run_demo(out, fast=fast, seed=seed, task=task)
+    except (DemoError, ValueError) as e:
         _fail(f"demo failed: {e}")
     typer.echo(f"report: {report['report_json']}  html: {report['report_html']}")
 
@@ -90,7 +92,8 @@ def bootstrap(
     source: str = typer.Option(None, "--source", help="Override source.uri."),
     day: str = typer.Option(None, "--day", help="Use logs up to this day (YYYY-MM-DD); default all."),
 ) -> None:
-    """Day 0: build or load the base, SFT it on the logged answers production marked good, register the first champion."""
+    """Day 0: build or load the base, SFT it on the logged answers production marked good, register the first "
+      "champion."""
     _env_defaults()
     cfg = _config(config, state, source)
     from flows.bootstrap import bootstrap_champion
@@ -107,8 +110,10 @@ def bootstrap(
 @app.command("schedule")
 def schedule(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (schedule.cron, schedule.timezone)."),
-    deploy: bool = typer.Option(False, "--deploy", help="Register deployments/prefect.yaml on a work pool instead of serving."),
-    pool: str = typer.Option("flywheel-process", "--pool", help="Work pool for --deploy (created as a process pool if missing)."),
+    deploy: bool = typer.Option(False, "--deploy", help="Register deployments/prefect.yaml on a work pool instead of "
+                                                        "serving."),
+    pool: str = typer.Option("flywheel-process", "--pool", help="Work pool for --deploy (created as a process pool if "
+                                                                "missing)."),
 ) -> None:
     """Run the nightly flow on its cron: serve it from this process (default) or deploy it to a work pool."""
     cfg = _config(config)
@@ -152,7 +157,7 @@ def ui(
 ) -> None:
     """Start the Prefect server and the MLflow UI on 127.0.0.1, print both URLs, stop both on Ctrl-C."""
     cfg = _config(config, state)
-    from flywheel.tracking import artifact_location, tracking_uri
+    from flywheel.registry import artifact_location, tracking_uri
 
     store = tracking_uri(cfg.state, cfg.registry.tracking_uri)
     procs = [

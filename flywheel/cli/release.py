@@ -21,12 +21,6 @@ def _cfg(config: Path | None):
         raise typer.Exit(1) from None
 
 
-def _registry(cfg) -> tuple[str, str]:
-    from flywheel.tracking import tracking_uri
-
-    return tracking_uri(cfg.state, cfg.registry.tracking_uri), cfg.registry.model_name or cfg.project.name
-
-
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(1)
@@ -44,16 +38,18 @@ def _print_decision(decision) -> None:
     for col in ("gate", "value", "threshold", "", "reason"):
         t.add_column(col)
     for g in decision.gates:
-        t.add_row(g.name, "-" if g.value is None else f"{g.value:.4f}", "-" if g.threshold is None else str(g.threshold),
-                  "pass" if g.passed else "[red]FAIL[/red]", g.reason)
+        t.add_row(g.name, "-" if g.value is None else f"{g.value:.4f}",
+                  "-" if g.threshold is None else str(g.threshold), "pass" if g.passed else "[red]FAIL[/red]", g.reason)
     Console().print(t)
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     candidate: Path = typer.Option(..., "--candidate", help="Candidate LoRA adapter folder."),
-    snapshot: Path = typer.Option(None, "--snapshot", help="Scored (or clean) snapshot Parquet; its newest rows are the eval set."),
-    base_model: str = typer.Option(None, "--base-model", help="Base model (default: champion's lineage tag or model.base)."),
+    snapshot: Path = typer.Option(None, "--snapshot",
+                                  help="Scored (or clean) snapshot Parquet; its newest rows are the eval set."),
+    base_model: str = typer.Option(None, "--base-model",
+                                   help="Base model (default: champion's lineage tag or model.base)."),
     config: Path = ConfigOpt,
 ) -> None:
     """Evaluate a candidate adapter against the champion (or the base): report with CIs, gates, decision."""
@@ -62,10 +58,10 @@ def evaluate_cmd(
         _fail(f"--candidate {candidate}: not a LoRA adapter folder (no adapter_config.json)")
     if snapshot is None and cfg.evaluate.golden_set is None:
         _fail("no eval prompts: pass --snapshot or set evaluate.golden_set")
-    from flywheel.evaluate import run_evaluation
+    from tasks.evaluate import run_evaluation
 
     try:
-        result = run_evaluation(cfg, candidate, snapshot, base_model=base_model)
+        result = run_evaluation(cfg, candidate, None, snapshot=snapshot, base_model=base_model)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     _print_decision(result.decision)
@@ -83,48 +79,44 @@ def promote_cmd(
     if not report.is_file():
         _fail(f"--report {report}: file not found")
     data = json.loads(report.read_text())
-    from flywheel.promote import Lineage, PromotionError, promote
-    from flywheel.tracking import ensure_experiment
+    from flywheel.records import Lineage
+    from flywheel.registry import PromotionError, Registry
 
-    uri, name = _registry(cfg)
+    registry = Registry.from_config(cfg)
     decision = data["decision"]
     try:
-        rel = promote(candidate, tracking_uri=uri, model_name=name, state_dir=cfg.state,
-                      experiment_id=ensure_experiment(cfg.project.name, cfg.state, cfg.registry.tracking_uri),
-                      passed=decision["passed"], reason=decision["reason"],
-                      evaluated_champion=data["report"].get("champion_version"),
-                      report_files=[p for p in (report, report.with_name("report.html")) if p.is_file()],
-                      lineage=Lineage(), lock_timeout_s=cfg.registry.lock_timeout_s,
-                      require_fresh_evaluation=cfg.registry.require_fresh_evaluation)
+        rel = registry.release(candidate, passed=decision["passed"], reason=decision["reason"],
+                               evaluated_champion=data["report"].get("champion_version"), lineage=Lineage(),
+                               report_files=[p for p in (report, report.with_name("report.html")) if p.is_file()])
     except PromotionError as e:
         _fail(str(e))
-    typer.echo(f"{name} v{rel.version}: {rel.decision} ({rel.reason}); champion {_v(rel.champion_version)}, "
-               f"previous {_v(rel.previous_version)}")
+    typer.echo(f"{registry.model_name} v{rel.version}: {rel.decision} ({rel.reason}); "
+               f"champion {_v(rel.champion_version)}, previous {_v(rel.previous_version)}")
 
 
 @app.command("rollback")
-def rollback_cmd(config: Path = ConfigOpt, reason: str = typer.Option("manual rollback", help="Recorded on the version.")) -> None:
+def rollback_cmd(config: Path = ConfigOpt,
+                 reason: str = typer.Option("manual rollback", help="Recorded on the version.")) -> None:
     """Make the `previous` registry version champion again (then `flywheel deploy` to serve it)."""
     cfg = _cfg(config)
-    from flywheel.promote import PromotionError, rollback
+    from flywheel.registry import PromotionError, Registry
 
-    uri, name = _registry(cfg)
+    registry = Registry.from_config(cfg)
     try:
-        rel = rollback(tracking_uri=uri, model_name=name, state_dir=cfg.state, reason=reason,
-                       lock_timeout_s=cfg.registry.lock_timeout_s)
+        rel = registry.rollback(reason=reason)
     except PromotionError as e:
         _fail(str(e))
-    typer.echo(f"{name}: champion is {_v(rel.champion_version)} again; previous {_v(rel.previous_version)}")
+    typer.echo(f"{registry.model_name}: champion is {_v(rel.champion_version)} again; "
+               f"previous {_v(rel.previous_version)}")
 
 
 @app.command("releases")
 def releases_cmd(config: Path = ConfigOpt) -> None:
     """Show the registered versions, their decisions and the aliases."""
     cfg = _cfg(config)
-    from flywheel.promote import registry_state
+    from flywheel.registry import Registry
 
-    uri, name = _registry(cfg)
-    typer.echo(json.dumps(registry_state(uri, name), indent=2))
+    typer.echo(json.dumps(Registry.from_config(cfg).state(), indent=2))
 
 
 @app.command("serve")
@@ -133,57 +125,69 @@ def serve_cmd(
     port: int = typer.Option(None, help="Override serve.port."),
     detach: bool = typer.Option(False, "--detach", help="Return once healthy; stop later with --stop."),
     stop: bool = typer.Option(False, "--stop", help="Stop the server started with --detach (by its PID)."),
-    render_manifests: Path = typer.Option(None, "--render-manifests", help="Write k8s + docker-compose files for the champion to this folder and exit."),
+    render_manifests: Path = typer.Option(
+        None, "--render-manifests", help="Write k8s + docker-compose files for the champion to this folder and exit."),
 ) -> None:
     """Start vLLM's OpenAI-compatible server: base model + the registry champion's LoRA adapter."""
     cfg = _cfg(config)
-    from flywheel import serve
+    from flywheel import serving
 
     if stop:
-        info = serve.read_server_info(cfg.state)
+        info = serving.read_server_info(cfg.state)
         if info is None:
             _fail(f"no server recorded under {cfg.state / 'serve'}")
-        typer.echo(f"stopping PID {info.pid}: {'stopped' if serve.stop_server(info.pid) else 'was not running'}")
+        typer.echo(f"stopping PID {info.pid}: {'stopped' if serving.stop_server(info.pid) else 'was not running'}")
         return
     try:
         if render_manifests is not None:
-            for p in serve.render_champion_manifests(cfg, render_manifests):
+            for p in serving.render_champion_manifests(cfg, render_manifests):
                 typer.echo(f"wrote {p}")
             return
-        info = serve.serve_champion(cfg, port=port)
+        info = serving.serve_champion(cfg, port=port)
     except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as e:
         _fail(str(e))
-    typer.echo(f"vLLM up at {info.url}/v1 in {info.started_s:.1f} s (PID {info.pid}); adapters: {', '.join(info.adapters)}")
-    if detach:
-        return
+    typer.echo(f"vLLM up at {info.url}/v1 in {info.started_s:.1f} s (PID {info.pid}); "
+               f"adapters: {', '.join(info.adapters)}")
+    if not detach:
+        _serve_until_stopped(info.pid)
+
+
+def _serve_until_stopped(pid: int) -> None:
+    """Block until Ctrl-C or SIGTERM, then stop the server (stopping this command stops the server too)."""
     import signal
     import time
+
+    from flywheel.serving import stop_server
 
     def _interrupt(*_):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _interrupt)  # stopping this command stops the server too
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        typer.echo(f"stopping vLLM (PID {info.pid})")
-        serve.stop_server(info.pid)
+        typer.echo(f"stopping vLLM (PID {pid})")
+        stop_server(pid)
 
 
 @app.command("deploy")
 def deploy_cmd(
     config: Path = ConfigOpt,
-    prompts: Path = typer.Option(None, "--prompts", help="Golden JSONL for the smoke test (default evaluate.golden_set)."),
+    prompts: Path = typer.Option(None, "--prompts",
+                                 help="Golden JSONL for the smoke test (default evaluate.golden_set)."),
 ) -> None:
     """Hot-load the registry champion into the running server, smoke-test it, roll back on failure."""
     cfg = _cfg(config)
-    from flywheel import serve
+    from tasks.deploy import deploy_champion
 
     try:
-        result = serve.deploy_champion(cfg, prompts_file=prompts)
+        result = deploy_champion.fn(cfg, None, prompts_file=prompts)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         _fail(str(e))
+    if result.status == "skipped":
+        typer.echo(f"skipped: {result.reason}")
+        raise typer.Exit(2)
     typer.echo(f"{'deployed' if result.deployed else 'ROLLED BACK'}: {result.adapter} — {result.reason}")
     if not result.deployed:
         raise typer.Exit(2)

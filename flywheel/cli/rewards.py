@@ -1,4 +1,5 @@
-"""CLI commands of the rewards area: ``flywheel judge``, ``flywheel train-reward-model``, ``flywheel judge-serve-replay``."""
+"""CLI commands of the rewards area: ``flywheel judge``, ``flywheel train-reward-model``, ``flywheel "
+  "judge-serve-replay``."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _file_hash(path: Path) -> str:
+    """Content hash of a snapshot scored outside the flow (its lineage id)."""
+    import hashlib
+
+    if not path.is_file():
+        return "none"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def _config(config: Path | None, state: Path | None, judge_url: str | None = None):
     from flywheel.config import ConfigError, load_config
 
@@ -24,23 +34,24 @@ def _config(config: Path | None, state: Path | None, judge_url: str | None = Non
         _fail(str(e))
 
 
-@app.command("judge")
-def judge(
+@app.command("score")
+def score(
     snapshot: Path = typer.Option(..., "--snapshot", help="Clean snapshot Parquet (validate's clean_uri)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: embedded demo defaults)."),
     state: Path = typer.Option(None, "--state", help="State folder (overrides project.state_dir)."),
-    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint (overrides rewards.judge.base_url)."),
+    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint (overrides "
+                                                            "rewards.judge.base_url)."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
 ) -> None:
     """Score a clean snapshot: one reward_<component> column per component + reward_total; refresh the reward model."""
-    from flywheel.judge_stage import run_judge
     from flywheel.rewards.judge import JudgeError
+    from tasks.score import score as score_file
 
     cfg = _config(config, state, judge_url)
     try:
-        rec = run_judge(cfg, str(snapshot), progress=not as_json)
+        rec = score_file(cfg, str(snapshot), snapshot_hash=_file_hash(snapshot), progress=not as_json)
     except (FileNotFoundError, ValueError, JudgeError) as e:
-        _fail(f"judge: {e}")
+        _fail(f"score: {e}")
     if as_json:
         typer.echo(rec.model_dump_json(indent=2))
         return
@@ -63,12 +74,14 @@ def train_reward_model(
     snapshot: Path = typer.Option(..., "--snapshot", help="Snapshot Parquet with feedback columns."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config."),
     state: Path = typer.Option(None, "--state", help="State folder (overrides project.state_dir)."),
-    out: Path = typer.Option(None, "--out", help="Folder for the reward model (default: <state>/models/reward_model/manual)."),
-    register: bool = typer.Option(True, "--register/--no-register", help="Log to MLflow and register <project>-reward-model."),
+    out: Path = typer.Option(None, "--out", help="Folder for the reward model (default: "
+                                                 "<state>/models/reward_model/manual)."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Log to MLflow and register "
+                                                                         "<project>-reward-model."),
 ) -> None:
     """Train the reward model on the snapshot's feedback labels; print held-out AUC/accuracy."""
-    from flywheel.judge_stage import prompts_of, read_snapshot
     from flywheel.rewards.reward_training import log_and_register, rm_root, train_on_snapshot
+    from tasks.score import prompts_of, read_snapshot
 
     cfg = _config(config, state)
     try:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -44,34 +43,30 @@ def make_tiny_model(
 
 @app.command("train")
 def train(
-    scored: Path = typer.Option(..., "--scored", help="Scored snapshot (Parquet written by the judge stage)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (defaults if omitted)."),
-    spec: Optional[Path] = typer.Option(None, "--spec", help="Reward spec JSON of the judge stage (default: config components)."),
-    init_adapter: Optional[Path] = typer.Option(None, "--init-adapter", help="Start from this LoRA (default: the registry champion)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Override train.steps."),
+    scored: Path = typer.Option(..., "--scored", help="Scored snapshot (Parquet written by `flywheel score`)."),
+    spec: Path = typer.Option(..., "--spec", help="Its reward spec JSON (spec-<hash>.json written by `flywheel "
+                                                  "score`)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (defaults if omitted)."),
+    init_adapter: Path | None = typer.Option(None, "--init-adapter", help="Start from this LoRA (default: the "
+                                                                          "registry champion)."),
+    steps: int | None = typer.Option(None, "--steps", help="Override train.steps."),
 ) -> None:
-    """PPO of a LoRA candidate on the snapshot's prompts with the online reward; prints the train record."""
-    from types import SimpleNamespace
-
+    """PPO of a LoRA candidate on the snapshot's prompts with the online reward; prints the candidate record."""
+    from flywheel.base_model import base_model_of
     from flywheel.config import ConfigError, load_config
+    from tasks.score import scores_from_files
+    from tasks.train import run_train
 
-    if not scored.is_file():
-        typer.echo(f"--scored: {scored} is not a file", err=True)
-        raise typer.Exit(1)
+    for flag, path in (("--scored", scored), ("--spec", spec)):
+        if not path.is_file():
+            typer.echo(f"{flag}: {path} is not a file", err=True)
+            raise typer.Exit(1)
     try:
         cfg = load_config(config, {"train.steps": steps})
     except ConfigError as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(1)
-    from flywheel.judge_stage import build_online_reward
-    from tasks.train import run_train
-
-    record = SimpleNamespace(scored_uri=str(scored), spec_hash=str(spec or ""))
-    reward = build_online_reward(cfg, str(spec) if spec else None)
-    base = None
-    if init_adapter is not None:
-        from flywheel.evaluate import resolve_base_model
-        base = resolve_base_model(cfg)
-    result = run_train(cfg, record, reward_fn=reward, init_adapter=str(init_adapter) if init_adapter else None,
-                       base_model=base)
+        raise typer.Exit(1) from None
+    scores = scores_from_files(scored, spec)
+    base = base_model_of(cfg) if init_adapter is not None else None
+    result = run_train(cfg, scores, init_adapter=str(init_adapter) if init_adapter else None, base_model=base)
     typer.echo(result.model_dump_json(indent=2))

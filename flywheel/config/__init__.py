@@ -35,8 +35,10 @@ class Strict(BaseModel):
 
 
 class ProjectConfig(Strict):
-    name: str = Field("support-bot", description="Use case name; the MLflow registered model and experiment are named after it.")
-    state_dir: Path = Field(Path(".flywheel"), description="Folder for manifests, snapshots, quarantine, caches, MLflow's SQLite store and checkpoints.")
+    name: str = Field("support-bot", description="Use case name; the MLflow registered model and experiment are named "
+                                                 "after it.")
+    state_dir: Path = Field(Path(".flywheel"), description="Folder for manifests, snapshots, quarantine, caches, "
+                                                           "MLflow's SQLite store and checkpoints.")
 
 
 class FlywheelConfig(Strict):
@@ -44,7 +46,7 @@ class FlywheelConfig(Strict):
 
     project: ProjectConfig = ProjectConfig()
     source: SourceConfig = SourceConfig()
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    validation: ValidateConfig = Field(ValidateConfig(), alias="validate", description="The `validate:` section.")
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     rewards: RewardsConfig = RewardsConfig()
@@ -91,7 +93,7 @@ def _loc(loc: tuple) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            part = "validate" if part == "validate_" else part
+            part = "validate" if part == "validation" else part
             out += f".{part}" if out else str(part)
     return out
 
@@ -189,6 +191,7 @@ def render_reference() -> str:
         for key, type_name, default, doc in _fields(field.annotation, name):
             required = repr(default) == "PydanticUndefined"
             shown = "required" if required else f"`{default!r}`"
-            out.append(f"| `{key}` | {type_name.replace('|', 'or')} | {shown.replace('|', '/')} | {doc.replace('|', '/')} |")
+            cells = [f"`{key}`", type_name.replace("|", "or"), shown.replace("|", "/"), doc.replace("|", "/")]
+            out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)

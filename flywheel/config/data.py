@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from data_contracts.limits import Limits
+
+_CONTRACT_LIMITS = Limits()
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -43,10 +47,19 @@ class GatesConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    max_messages: int = Field(64, ge=1, description="Max messages in one interaction.")
-    max_message_chars: int = Field(8000, ge=1, description="Max characters of one message's content.")
-    max_completion_chars: int = Field(8000, ge=1, description="Max characters of the completion.")
-    max_future_seconds: int = Field(300, ge=0, description="Timestamps later than now + this are rejected.")
+    """The contract's bounds on one interaction (defaults: ``data_contracts.limits.Limits``)."""
+
+    max_messages: int = Field(_CONTRACT_LIMITS.max_messages, ge=1, description="Max messages in one interaction.")
+    max_message_chars: int = Field(_CONTRACT_LIMITS.max_message_chars, ge=1,
+                                   description="Max characters of one message's content.")
+    max_completion_chars: int = Field(_CONTRACT_LIMITS.max_completion_chars, ge=1,
+                                      description="Max characters of the completion.")
+    max_future_seconds: int = Field(_CONTRACT_LIMITS.max_future_seconds, ge=0,
+                                    description="Timestamps later than now + this are rejected.")
+
+    def contract_limits(self) -> Limits:
+        """These bounds as the contract's ``Limits``."""
+        return Limits(**self.model_dump())
 
 
 class PiiConfig(_Strict):

@@ -6,11 +6,16 @@ orders agree removes that bias. Disagreements and explicit ties are reported as 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flywheel.rewards.judge import JudgeClient, JudgeError, Rubric, data_id, encode_data
+
+Preference = Callable[[list[list[dict]], list[str], list[str]], list[float]]  # (prompts, a, b) -> P(a better)
+OUTCOME_PROBABILITY = {"a": 1.0, "b": 0.0, "tie": 0.5, None: math.nan}  # None: a verdict failed (missing)
 
 PAIR_FORMAT = ('Reply with ONE JSON object and nothing else: {{"data_id": "{id}", "winner": "A" | "B" | "tie", '
                '"reasons": ["<short reason>", ...]}}.')
@@ -122,3 +127,14 @@ def judge_pairs(client: JudgeClient, rubric: Rubric, prompts: list[list[dict]], 
         outcomes.append(outcome)
     return PairwiseResult(outcomes, outcomes.count("a"), outcomes.count("b"), outcomes.count("tie"),
                           inconsistent, outcomes.count(None))
+
+
+def preference_judge(client: JudgeClient, rubric: Rubric) -> Preference:
+    """``fn(prompts, a, b) -> [P(a better)]`` from ``judge_pairs``: 1 win, 0 loss, 0.5 tie or inconsistent, NaN missing.
+
+    ``judge_pairs`` already asks both orders; its verdicts are cached, so judging (b, a) after (a, b) is free.
+    """
+    def prefer(prompts: list[list[dict]], a: list[str], b: list[str]) -> list[float]:
+        return [OUTCOME_PROBABILITY[o] for o in judge_pairs(client, rubric, prompts, a, b).outcomes]
+
+    return prefer

@@ -152,7 +152,8 @@ class ReplayServer:
 
 
 def main() -> None:
-    """``python -m flywheel.rewards.replay_server --port 0 --latency-ms 50``: prints the base URL, serves until killed."""
+    """``python -m flywheel.rewards.replay_server --port 0 --latency-ms 50``: prints the base URL, serves until "
+      "killed."""
     import argparse
     import sys
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flywheel.base_model import build_base, resolve_base
 from flywheel.rewards.calibration import auc
 from flywheel.rewards.kpi import binary_label
 
@@ -61,12 +62,11 @@ def resolve_backbone(cfg, df=None) -> str:
         return backbone
     if cfg.model.base != "tiny":
         return cfg.model.base
-    path = cfg.state / "models" / "tiny-base"  # where the bootstrap builds the tiny base
+    path = resolve_base(cfg.model.base, cfg.state)  # where the bootstrap builds the tiny base
     if (path / "config.json").is_file():
         return str(path)
     if df is None:
         raise FileNotFoundError(f"{path}: the tiny base is not built yet (run the bootstrap first)")
-    from flows.warm_start import build_base  # one definition of the tiny base
     rows = [{"messages": json.loads(m) if isinstance(m, str) else m, "completion": str(c)}
             for m, c in zip(df["messages"], df["completion"])]
     return str(build_base(path, rows, cfg.model.tiny, seed=cfg.train.seed))
@@ -232,7 +232,7 @@ def log_and_register(cfg, folder: str, metrics: dict[str, float]) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from flywheel.tracking import ensure_experiment
+    from flywheel.registry import ensure_experiment
 
     exp = ensure_experiment(f"{cfg.project.name}-reward-model", cfg.state, cfg.registry.tracking_uri)
     rcfg = cfg.rewards.reward_model

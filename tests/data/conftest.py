@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.demo_data import generate_logs
+from demo.support_triage import generate_logs
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +50,7 @@ def moto_endpoint() -> str:
                 break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("moto_server exited at start")
+                raise RuntimeError("moto_server exited at start") from None
             time.sleep(0.1)
     else:
         proc.kill()

@@ -28,7 +28,8 @@ def test_demo_data_then_ingest(tmp_path):
 
 def test_ingest_gate_failure_and_bad_source(tmp_path):
     logs, state = tmp_path / "logs", tmp_path / "state"
-    runner.invoke(app, ["demo-data", "--out", str(logs), "--days", "1", "--rows-per-day", "300", "--defect-rate", "0.3"])
+    runner.invoke(app, ["demo-data", "--out", str(logs), "--days", "1", "--rows-per-day", "300",
+                        "--defect-rate", "0.3"])
     cfg = tmp_path / "flywheel.yaml"
     cfg.write_text("validate:\n  gates:\n    max_quarantine_fraction: 0.05\n")
     res = runner.invoke(app, ["ingest", "-c", str(cfg), "--source", str(logs), "--state", str(state)])

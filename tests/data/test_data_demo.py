@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from flywheel import demo_data as d
+from demo import support_triage as d
 
 
 def test_every_phrasing_is_decidable_by_keywords():
@@ -32,7 +32,7 @@ def test_gold_completion_parses_and_grades():
 
 def test_production_model_is_systematically_wrong_and_feedback_noisy(tmp_path):
     s = d.generate_logs(tmp_path, days=1, rows_per_day=4000, seed=3, defect_rate=0.0, start_date="2026-11-01")
-    assert s.accuracy_by_intent["cancel_order"] < 0.2 and s.accuracy_by_intent["track_order"] > 0.8
+    assert s.accuracy_by_kind["cancel_order"] < 0.2 and s.accuracy_by_kind["track_order"] > 0.8
     gold = d.load_gold(tmp_path)
     cancel_wrong = [g for g in gold if g["intent"] == "cancel_order" and not g["logged_correct"]]
     as_refund = sum((d.parse_completion(g["logged_completion"]) or {}).get("intent") == "refund" for g in cancel_wrong)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from demo.support_triage import generate_logs
 from flywheel import logparse
 from flywheel.config.data import GatesConfig, SourceConfig, ValidateConfig
-from flywheel.demo_data import generate_logs
-from flywheel.observe import observe
-from flywheel.validate import GateFailed, validate
+from tasks.observe import observe
+from tasks.validate import GateFailed, validate
 
 NOW = "2026-11-26T00:00:00+00:00"
 ODD = [   # lines the fast path must hand to the per-line path (or handle identically)
@@ -34,7 +34,8 @@ ODD = [   # lines the fast path must hand to the per-line path (or handle identi
     b'"messages": [{"role": "user", "content": "caf\xc3\xa9 \xff"}], "completion": "ok"}'),
     b'[1, 2, 3]', b'{"request_id": "trunc', b'   ', b'{"request_id": "odd-7", "metadata": "not an object"}',
     (b'{"request_id": "odd-8", "timestamp": "2026-11-01T10:00:00Z", "task": "t", "model_version": "m", '
-    b'"messages": [{"role": "user", "content": "x"}], "completion": "ok", "feedback": {"thumbs": 99999999999999999999}}'),
+    b'"messages": [{"role": "user", "content": "x"}], "completion": "ok", '
+    b'"feedback": {"thumbs": 99999999999999999999}}'),
 ]
 
 

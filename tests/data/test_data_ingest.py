@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from demo.support_triage import generate_logs, load_defects
 from flywheel.config.data import GatesConfig, PiiConfig, SourceConfig, ValidateConfig
-from flywheel.demo_data import generate_logs, load_defects
-from flywheel.observe import commit_manifest, observe
-from flywheel.validate import GateFailed, validate
+from tasks.observe import commit_manifest, observe
+from tasks.validate import GateFailed, validate
 
 
 def ingest(logs, state, cfg=None):
@@ -126,3 +126,15 @@ def test_ingest_leaves_nothing_in_the_temp_folder(demo_logs, state_dir, tmp_path
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))             # GX's ephemeral context has no docs site
     ingest(demo_logs[0], state_dir)
     assert list(tmp.iterdir()) == []
+
+
+def test_config_limits_default_to_the_contracts_own():
+    from data_contracts.interaction_log_v1 import build_suite
+    from data_contracts.limits import Limits
+    from flywheel.config.data import LimitsConfig
+
+    assert LimitsConfig().contract_limits() == Limits()
+    tight = LimitsConfig(max_messages=3).contract_limits()
+    assert tight == Limits(max_messages=3)
+    bounds = {e.meta["check"]: e for e in build_suite(tight, now="2026-11-26T00:00:00+00:00").expectations}
+    assert bounds["range:messages"].max_value == 3

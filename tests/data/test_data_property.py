@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from demo.support_triage import generate_logs
 from flywheel.config.data import SourceConfig
-from flywheel.demo_data import generate_logs
-from flywheel.observe import observe
-from flywheel.validate import GateFailed, validate
+from tasks.observe import observe
+from tasks.validate import GateFailed, validate
 
 _BASE = {}
 

@@ -1,4 +1,5 @@
 """observe from s3:// through boto3 against a real moto_server over HTTP (paginated listing, incremental, ETags)."""
+import contextlib
 import json
 from pathlib import Path
 
@@ -6,18 +7,17 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from demo.support_triage import load_defects
 from flywheel.config.data import S3Config, SourceConfig
-from flywheel.demo_data import load_defects
-from flywheel.observe import commit_manifest, manifest_path, observe, with_backoff
-from flywheel.validate import validate
+from flywheel.sources import with_backoff
+from tasks.observe import commit_manifest, manifest_path, observe
+from tasks.validate import validate
 
 
 def upload(endpoint, folder, bucket, prefix):
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    try:
+    with contextlib.suppress(ClientError):
         s3.create_bucket(Bucket=bucket)
-    except ClientError:
-        pass
     keys = []
     for f in sorted(folder.rglob("*")):
         if f.is_file():
@@ -37,7 +37,8 @@ def test_s3_source_end_to_end(moto_endpoint, aws_env, demo_logs, state_dir):
     assert obs.objects_read == 4 and obs.rows == summary.rows and obs.objects_ignored == 4
     val = validate(obs.snapshot_uri, state_dir, snapshot_hash=obs.snapshot_hash)
     commit_manifest(obs, state_dir)
-    records = {(q["source_object"], q["source_line"]): q for q in map(json.loads, Path(val.quarantine_uri).read_text().splitlines())}
+    quarantined = map(json.loads, Path(val.quarantine_uri).read_text().splitlines())
+    records = {(q["source_object"], q["source_line"]): q for q in quarantined}
     for x in load_defects(logs):
         if x["expect"] == "quarantine":
             assert x["reason"] in records[(x["object"], x["line"])]["reasons"]

@@ -26,7 +26,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def fast_demo(prefect_harness, tmp_path_factory):
     """``run_demo(--fast)``: 3 days of small logs, the day-0 champion, two nightly flows (shared, read-only)."""
-    from flows.demo import run_demo
+    from demo.run import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     result = run_demo(out, fast=True, seed=0)

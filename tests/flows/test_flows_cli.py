@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flywheel import demo_report
+from demo import report as demo_report
 from flywheel.cli import app
 
 
@@ -58,7 +58,7 @@ def test_flows_report_refuses_counts_that_do_not_add_up(tmp_path):
 def test_paired_gain_ci_brackets_the_gain_and_rejects_unpaired_lists():
     import pytest
 
-    from flows.gold import paired_gain_ci
+    from demo.gold import paired_gain_ci
 
     a = [True] * 70 + [False] * 30
     b = [True] * 70 + [True] * 15 + [False] * 15  # +15 points on the same prompts

@@ -67,9 +67,9 @@ def test_flows_prefect_deploy_schedules_the_night_and_a_triggered_run_completes(
     run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
                      json={"parameters": {"day": "2026-01-02"}}, timeout=10).json()
     assert "id" in run, run
-    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "flywheel-test",
-                               "--type", "process"], env=env, cwd=tmp_path,
-                              stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT)
+    with open(tmp_path / "worker.log", "w") as log:  # the worker keeps its own copy of the descriptor
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "flywheel-test",
+                                   "--type", "process"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
         def finished():
             fr = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
@@ -90,8 +90,9 @@ def test_flows_prefect_deploy_schedules_the_night_and_a_triggered_run_completes(
 def test_flows_schedule_serves_the_flow_on_its_cron(prefect_server, tmp_path):
     api, env = prefect_server
     config = _config(tmp_path, "UTC")
-    proc = subprocess.Popen([FLYWHEEL, "schedule", "--config", str(config)], env=env, cwd=REPO,
-                            stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT)
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen([FLYWHEEL, "schedule", "--config", str(config)], env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         def served():
             deps = [d for d in _deployments(api) if d["name"] == "nightly" and d.get("work_pool_name") is None]

@@ -11,23 +11,49 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+LINEAGE_TAGS = ("snapshot_hash", "validation_report", "reward_spec_hash", "base_model", "parent_champion_version",
+                "code_revision")
+
+
 def _champion(state: Path, name: str = "support-bot") -> int | None:
-    from flywheel.promote import CHAMPION, alias_version, client_for
-    from flywheel.tracking import tracking_uri
+    from flywheel.registry import CHAMPION, alias_version, client_for, tracking_uri
 
     return alias_version(client_for(tracking_uri(state)), name, CHAMPION)
 
 
 def _versions(state: Path, name: str = "support-bot") -> int:
-    from flywheel.promote import client_for
-    from flywheel.tracking import tracking_uri
+    from flywheel.registry import client_for, tracking_uri
 
     return len(client_for(tracking_uri(state)).search_model_versions(f"name='{name}'"))
 
 
+def test_flows_every_registry_version_carries_its_lineage(fast_demo):
+    """Read back from MLflow: day 0's champion and both nights' candidates name where they came from."""
+    from flywheel.registry import client_for, tracking_uri
+
+    out, report = fast_demo
+    client = client_for(tracking_uri(out / "state"))
+    versions = sorted(client.search_model_versions("name='support-bot'"), key=lambda v: int(v.version))
+    assert len(versions) >= 3  # v1 bootstrap + one candidate per night
+    snapshots = set()
+    for mv in versions:
+        tags = mv.tags
+        for key in LINEAGE_TAGS:
+            assert tags.get(key), (mv.version, key, tags)
+        assert Path(tags["validation_report"]).is_file() and tags["validation_report"].endswith(".json")
+        assert not tags["validation_report"].endswith(".parquet")
+        snapshots.add(tags["snapshot_hash"])
+    v1, *nightly = versions
+    assert v1.tags["parent_champion_version"] == "none" and v1.tags["reward_spec_hash"] == "none"
+    for mv in nightly:
+        assert mv.tags["snapshot_hash"] != "none" and mv.tags["reward_spec_hash"] != "none"
+        assert int(mv.tags["parent_champion_version"]) < int(mv.version)
+    assert len(snapshots) == len(versions), "each release was trained on its own night's snapshot"
+
+
 def _new_partition(out: Path, seed: int) -> str:
     """A day of logs older than any seen so far, arriving late in the source folder (observe must read it)."""
-    from flywheel import demo_data
+    from demo import support_triage as demo_data
 
     days = sorted(p.name[3:] for p in (out / "logs").glob("dt=*"))
     day = (dt.date.fromisoformat(days[0]) - dt.timedelta(days=1 + seed)).isoformat()
@@ -66,7 +92,7 @@ def test_flows_rerun_of_the_same_night_skips_finished_stages(fast_demo):
     state = out / "state"
     before = (_champion(state), _versions(state))
     again = continuous_improvement(config_path=str(out / "flywheel.yaml"), day=night["day"])
-    assert all(again.cached.values()) and set(again.cached) >= {"observe", "validate", "judge", "train", "evaluate",
+    assert all(again.cached.values()) and set(again.cached) >= {"observe", "validate", "score", "train", "evaluate",
                                                                "promote", "deploy"}
     assert again.candidate_reward == night["candidate_reward"]
     assert (_champion(state), _versions(state)) == before, "nothing re-registered"

@@ -46,7 +46,8 @@ def intent_reward(prompts, completions):
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
-    """One intra-op thread: on a shared 2-core runner, 2 spinning OpenMP threads per process are several times slower."""
+    """One intra-op thread: on a shared 2-core runner, 2 spinning OpenMP threads per process are several times
+    slower."""
     import torch
 
     before = torch.get_num_threads()

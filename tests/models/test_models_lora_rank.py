@@ -42,7 +42,8 @@ def test_saved_adapter_rank_is_capped(tmp_path):
 
     def state(rank, seed):
         a, b = _factors(32, 32, rank=rank, true_rank=rank, seed=seed)
-        return {"base_model.model.layers.0.q_proj.lora_A.weight": a, "base_model.model.layers.0.q_proj.lora_B.weight": b}
+        key = "base_model.model.layers.0.q_proj"
+        return {f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}
 
     warm_cfg = LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj"])
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj"])

@@ -50,6 +50,31 @@ def test_reference_is_the_base_and_roles_are_independent(tiny_base, tiny_task):
     assert len(base_ptrs) == sum(1 for n, _ in fresh.named_parameters())
 
 
+def test_critic_free_actor_has_no_value_role(tiny_base, tmp_path):
+    """rloo / grpo: no value adapter, no head, no value pass; the policy is the same as with a critic."""
+    lm, _ = load_base(tiny_base)
+    torch.manual_seed(0)
+    ac = ActorCritic(lm, with_value=False, value_layers=1)
+    assert ac.value_head is None and ac.trunk_layer is None and "value" not in ac.lm.peft_config
+    trainable = [n for n, p in ac.named_parameters() if p.requires_grad]
+    assert trainable and all(".policy." in n for n in trainable)
+    ids = torch.randint(5, 100, (2, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    _perturb(ac, "policy")
+    logprobs, entropy, values = ac(ids, mask, 5)
+    assert values is None and logprobs.shape == entropy.shape == (2, 5)
+    logprobs.sum().backward()
+    assert all(p.grad is not None for n, p in ac.named_parameters() if p.requires_grad)
+    with pytest.raises(RuntimeError, match="no critic"):
+        ac.save_value(tmp_path / "value")
+    lm2, _ = load_base(tiny_base)
+    torch.manual_seed(0)
+    with_critic = ActorCritic(lm2)
+    _perturb(with_critic, "policy")
+    with torch.no_grad():
+        assert torch.allclose(with_critic(ids, mask, 5)[0], logprobs.detach(), atol=1e-6)
+
+
 def test_value_pass_from_the_reference_trunk_equals_the_full_value_pass(tiny_base):
     lm, _ = load_base(tiny_base)
     ac = ActorCritic(lm, value_layers=1)

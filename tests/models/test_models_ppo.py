@@ -128,6 +128,25 @@ def test_rloo_advantage_is_return_minus_mean_of_the_other_samples():
         ppo.rloo_advantages(scores[:5], kl[:5], mask[:5], 0.1, group=3)
 
 
+def test_grpo_advantage_is_the_group_normalised_return():
+    g, mask, lengths = _batch(9, B=8, T=5)
+    scores, kl = torch.randn(8, generator=g), torch.rand(8, 5, generator=g)
+    adv = ppo.grpo_advantages(scores, kl, mask, kl_coef=0.1, group=4)
+    returns = [float(scores[b]) - 0.1 * float((kl[b] * mask[b]).sum()) for b in range(8)]
+    for b in range(8):
+        group = returns[4 * (b // 4): 4 * (b // 4) + 4]
+        mean = sum(group) / 4
+        std = math.sqrt(sum((r - mean) ** 2 for r in group) / 3)  # Bessel-corrected, as torch.std
+        want = (returns[b] - mean) / (std + 1e-6)
+        n = int(lengths[b])
+        assert adv[b, :n].tolist() == pytest.approx([want] * n, abs=1e-5)
+        assert adv[b, n:].abs().sum() == 0
+    tied = ppo.grpo_advantages(torch.ones(4), torch.zeros(4, 5), torch.ones(4, 5), kl_coef=0.1, group=4)
+    assert tied.abs().sum() == 0  # a group whose returns tie carries no signal
+    with pytest.raises(ValueError, match="whole groups"):
+        ppo.grpo_advantages(scores[:6], kl[:6], mask[:6], 0.1, group=4)
+
+
 def test_policy_loss_clipped_surrogate_by_hand():
     g, mask, lengths = _batch(7, B=4, T=6)
     old = torch.randn(4, 6, generator=g)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from flywheel.demo_data import gold_completion, make_prompt
+from demo.support_triage import gold_completion, make_prompt
 from models import tiny
 from models.tiny import build_tiny_model, renumber
 

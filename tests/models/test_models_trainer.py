@@ -1,8 +1,10 @@
-"""PPO learns a rule reward; a killed run resumes exactly; two DDP processes keep identical adapters."""
+"""PPO learns a rule reward with each estimator; a killed run resumes exactly; two DDP processes keep identical
+adapters."""
 import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -11,35 +13,48 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.trainer import PPOConfig, train_ppo
+from models.trainer import PPOConfig, default_learning_rate, train_ppo
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def small_config(**kw) -> PPOConfig:
-    base = dict(steps=6, batch_size=8, samples_per_prompt=2, max_new_tokens=24, learning_rate=3e-3,
-                init_kl_coef=0.02, lora_target_modules=["q_proj", "v_proj"], checkpoint_every=100, progress=False)
-    return PPOConfig(**{**base, **kw})
+def scores_of(result) -> list[float]:
+    return [m["objective/scores"] for m in result.history]
 
 
 @pytest.mark.slow
-def test_ppo_raises_a_learnable_rule_reward_with_bounded_kl(tiny_base, tiny_task, tmp_path, refund_reward):
-    """The base answers JSON with a random intent; the rule rewards valid JSON naming "refund"."""
+@pytest.mark.parametrize("advantage", ["rloo", "grpo", "gae"])
+def test_default_config_raises_a_learnable_rule_reward_with_bounded_kl(advantage, tiny_base, tiny_task, tmp_path,
+                                                                       refund_reward):
+    """The base answers JSON with a random intent; the rule rewards valid JSON naming "refund".
 
+    The default config, only the run length and response cap set: every estimator lifts the reward from ~0.3 to
+    ~0.95 in 30 updates (33 runs: seeds 0-6 and two more tiny bases, gains 0.55-0.71 with these statistics), so the
+    +0.4 asked for holds whatever float differences a CPU brings. ``end`` is a median, so that one bad update late in
+    the run is no failure.
+    """
     prompts = [p for p, _, _ in tiny_task]
-    cfg = small_config(steps=15, seed=0, batch_size=16, ppo_epochs=4, num_minibatches=2, learning_rate=3e-3,
-                       init_kl_coef=0.05)
+    cfg = PPOConfig(advantage=advantage, steps=30, max_new_tokens=24, checkpoint_every=100, progress=False)
     result = train_ppo(cfg, tiny_base, prompts, refund_reward, tmp_path / "run")
-    scores = [m["objective/scores"] for m in result.history]
-    start, end = sum(scores[:4]) / 4, sum(scores[-4:]) / 4
-    print(f"reward {start:.3f} -> {end:.3f}; kl {[round(m['objective/kl'], 2) for m in result.history]}")
-    assert end > start + 0.2, scores
+    scores = scores_of(result)
+    start, end = statistics.mean(scores[:3]), statistics.median(scores[-5:])
+    print(f"{advantage}: reward {start:.3f} -> {end:.3f}; kl {[round(m['objective/kl'], 2) for m in result.history]}")
+    assert end > start + 0.4, scores
     assert max(m["objective/kl"] for m in result.history) < 25.0  # nats per response, against the base
     assert all(0 <= m["policy/clipfrac"] <= 1 for m in result.history)
-    # the written adapter loads on the base and is the trained policy
+    # the learning rate the run used is the documented rule of the base's width, and is on record
+    assert cfg.learning_rate is None and result.config.learning_rate == default_learning_rate(64)
+    written = json.loads((tmp_path / "run" / "ppo_config.json").read_text())
+    assert written["learning_rate"] == result.config.learning_rate
+    # the written adapter loads on the base; a critic exists only for gae
     assert (Path(result.adapter_dir) / "adapter_config.json").is_file()
-    assert (Path(result.value_dir) / "score_head.safetensors").is_file()
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 15
+    if advantage == "gae":
+        assert (Path(result.value_dir) / "score_head.safetensors").is_file()
+        assert all("losses/value_loss" in m and "val/explained_variance" in m for m in result.history)
+    else:
+        assert result.value_dir is None and not (tmp_path / "run" / "value").exists()
+        assert not any(k.startswith(("val/", "losses/value")) for m in result.history for k in m)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 30
 
 
 RUN_SCRIPT = textwrap.dedent("""
@@ -74,13 +89,21 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+RESUME_CONFIGS = {
+    # the critic's adapter, head and optimizer state, shuffled minibatches and an adaptive KL coefficient
+    "gae": dict(advantage="gae", learning_rate=3e-3, num_minibatches=2, ppo_epochs=2, target_kl=1.0),
+    # the defaults: critic-free, one fused epoch, the learning rate derived from the base
+    "rloo": dict(),
+}
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_with_identical_metrics(tiny_base, tiny_task, tmp_path):
+@pytest.mark.parametrize("advantage", sorted(RESUME_CONFIGS))
+def test_killed_run_resumes_with_identical_metrics(advantage, tiny_base, tiny_task, tmp_path):
     prompts_file = tmp_path / "prompts.json"
     prompts_file.write_text(json.dumps([p for p, _, _ in tiny_task]))
-    cfg = dict(steps=4, batch_size=4, samples_per_prompt=2, max_new_tokens=16, learning_rate=3e-3, num_minibatches=2,
-               ppo_epochs=2, target_kl=1.0, checkpoint_every=1, lora_target_modules=["q_proj", "v_proj"],
-               progress=False)
+    cfg = dict(steps=4, batch_size=4, samples_per_prompt=2, max_new_tokens=16, checkpoint_every=1,
+               lora_target_modules=["q_proj", "v_proj"], progress=False, **RESUME_CONFIGS[advantage])
     straight = _run(tmp_path, tiny_base, tmp_path / "straight", -1, cfg, prompts_file)
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _run(tmp_path, tiny_base, tmp_path / "killed", 2, cfg, prompts_file)
@@ -109,13 +132,16 @@ DDP_SCRIPT = textwrap.dedent("""
     from conftest import intent_reward
     from models.trainer import PPOTrainer, PPOConfig
     base, out, prompts = sys.argv[1], sys.argv[2], json.loads(open(sys.argv[3]).read())
-    cfg = PPOConfig(steps=3, batch_size=4, samples_per_prompt=2, max_new_tokens=12, learning_rate=3e-3,
-                    lora_target_modules=["q_proj", "v_proj"], checkpoint_every=100, progress=False)
+    cfg = PPOConfig(steps=3, batch_size=4, samples_per_prompt=2, max_new_tokens=24, learning_rate=3e-3,
+                    lora_target_modules=["q_proj", "v_proj"], checkpoint_every=100, progress=False,
+                    advantage=sys.argv[4])
     seen = []
     trainer = PPOTrainer(cfg, base, prompts, lambda p, c: (seen.extend(c), intent_reward(p, c))[1], out)
     trainer.train(resume=False)
-    state = {{**trainer.ac.adapter_state("policy"), **trainer.ac.adapter_state("value"),
-             **{{"head." + k: v for k, v in trainer.ac.value_head.state_dict().items()}}}}
+    state = trainer.ac.adapter_state("policy")
+    if trainer.ac.with_value:
+        state |= {{**trainer.ac.adapter_state("value"),
+                  **{{"head." + k: v for k, v in trainer.ac.value_head.state_dict().items()}}}}
     digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
     init = {{k: v for k, v in state.items() if "lora_B" in k}}
     rank = int(os.environ["RANK"])
@@ -126,7 +152,8 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_keep_identical_adapters(tiny_base, tiny_task, tmp_path):
+@pytest.mark.parametrize("advantage", ["rloo", "gae"])
+def test_two_ddp_processes_keep_identical_adapters(advantage, tiny_base, tiny_task, tmp_path):
     prompts_file = tmp_path / "prompts.json"
     prompts_file.write_text(json.dumps([p for p, _, _ in tiny_task]))
     script = tmp_path / "ddp.py"
@@ -139,7 +166,7 @@ def test_two_ddp_processes_keep_identical_adapters(tiny_base, tiny_task, tmp_pat
            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"])
     # `--multi_gpu` = torchrun-style DDP; without a GPU the trainer picks gloo on CPU
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd + [str(script), str(tiny_base), str(out), str(prompts_file)], env=env,
+    proc = subprocess.run(cmd + [str(script), str(tiny_base), str(out), str(prompts_file), advantage], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -5,6 +5,8 @@ Adapters (built once per session, ~1 min on 2 cores):
 - ``weak``:    SFT on answers that are valid JSON but with the wrong key (``order`` instead of ``order_id``);
 - ``strong``:  SFT on the gold answers (valid JSON, right schema);
 - ``noisy``:   ``strong`` + Gaussian noise on the LoRA weights (a deliberately broken candidate).
+
+``adapters``: four random (untrained) LoRA folders, for registry tests that only need distinct adapters.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def free_port() -> int:
 
 
 def demo_prompts(n: int, seed: int):
-    from flywheel import demo_data as dd
+    from demo import support_triage as dd
 
     rng = random.Random(seed)
     out = []
@@ -53,10 +55,12 @@ def sft_lora(base_dir: Path, out_dir: Path, pairs: list[tuple[list[dict], str]],
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                          "gate_proj", "up_proj", "down_proj"]))
     data = []
     for prompt, answer in pairs:
-        p = tok(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        p = tok(text, add_special_tokens=False)["input_ids"]
         a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         data.append((p, a))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -88,18 +92,20 @@ def noisy_copy(src: Path, dst: Path, scale: float, seed: int = 0) -> Path:
     shutil.copytree(src, dst, dirs_exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     w = load_file(dst / "adapter_model.safetensors")
-    save_file({k: v + scale * torch.randn(v.shape, generator=g) for k, v in w.items()}, dst / "adapter_model.safetensors")
+    save_file({k: v + scale * torch.randn(v.shape, generator=g) for k, v in w.items()},
+              dst / "adapter_model.safetensors")
     return dst
 
 
 def demo_scorer():
     """Rule graders of the demo task (kinds 'rule') + gold intent (kind 'reward_model', tests only); total = mean."""
-    from flywheel import demo_data as dd
+    from demo import support_triage as dd
     from flywheel.rewards import rules
     from flywheel.rewards.composite import ComponentSpec, Composite
 
     schema = {"type": "object", "required": ["intent", "order_id"],
-              "properties": {"intent": {"enum": list(dd.INTENTS)}, "order_id": {"type": "string", "pattern": "^[0-9]{6}$"}}}
+              "properties": {"intent": {"enum": list(dd.INTENTS)},
+                             "order_id": {"type": "string", "pattern": "^[0-9]{6}$"}}}
 
     def intent_ok(prompts, completions, **_):
         out = []
@@ -142,7 +148,7 @@ def tiny(tmp_path_factory):
 
 
 def _build_tiny(tmp_path_factory):
-    from flywheel import demo_data as dd
+    from demo import support_triage as dd
     from models.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
@@ -195,7 +201,8 @@ def mlflow_server(tmp_path_factory):
     with open(root / "server.log", "w") as log:
         proc = subprocess.Popen(
             [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts"),
              "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -209,3 +216,56 @@ def mlflow_server(tmp_path_factory):
 def scorer():
     """(score_fn, kinds) of the demo task for evaluation tests."""
     return demo_scorer()
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory):
+    """Four distinct random LoRA adapter folders on a tiny Llama (no training needed for registry tests)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    out = []
+    for i in range(4):
+        torch.manual_seed(i)
+        base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64))
+        peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+        peft.save_pretrained(root / f"a{i}")
+        out.append(root / f"a{i}")
+    return out
+
+
+def scores_record(scored_uri: str = "scored.parquet", snapshot_hash: str = "snap-sha", spec_hash: str = "spec-sha",
+                  validation_report_uri: str = "validation/report.json"):
+    """A judge-stage ``Scores`` record naming the snapshot, validation report and reward spec a candidate used."""
+    from flywheel.records import Scores
+
+    return Scores(snapshot_hash=snapshot_hash, validation_report_uri=validation_report_uri, scored_uri=scored_uri,
+                  snapshot_uri="clean.parquet", rows=100, components=["json_valid", "schema"], spec_uri="spec.json",
+                  spec_hash=spec_hash)
+
+
+def candidate_record(adapter, base_model, scores, *, champion_version: int | None = None,
+                     run_id: str | None = None):
+    """A train-stage ``Candidate`` for ``adapter`` with the lineage the train stage builds from ``scores``."""
+    from flywheel.records import Candidate, Lineage, version_tag
+
+    lineage = Lineage(snapshot_hash=scores.snapshot_hash, validation_report=scores.validation_report_uri,
+                      reward_spec_hash=scores.spec_hash, base_model=str(base_model),
+                      parent_champion_version=version_tag(champion_version), train_run_id=run_id or "")
+    return Candidate(scored_uri=scores.scored_uri, spec_hash=scores.spec_hash, lineage=lineage,
+                     adapter_uri=str(adapter), value_uri=None, base_model=str(base_model), init_adapter=None,
+                     champion_version=champion_version, run_id=run_id, steps=1, reward_start=0.0, reward_end=0.0,
+                     kl_end=0.0, seconds=0.0, prompts=1, metrics_uri="metrics.jsonl")
+
+
+@pytest.fixture
+def make_scores():
+    return scores_record
+
+
+@pytest.fixture
+def make_candidate():
+    return candidate_record

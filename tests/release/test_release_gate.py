@@ -2,7 +2,6 @@
 promoted, `flywheel rollback` brings the previous champion back."""
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -19,25 +18,33 @@ def _cfg(state_dir, golden):
     })
 
 
-def test_degraded_candidate_fails_the_gate_better_one_is_promoted_and_rollback_restores(tiny, scorer, state_dir, tmp_path):
+LINEAGE_TAGS = ("snapshot_hash", "validation_report", "reward_spec_hash", "base_model", "parent_champion_version",
+                "code_revision")
+
+
+def test_degraded_candidate_fails_the_gate_better_one_is_promoted_and_rollback_restores(
+        tiny, scorer, state_dir, tmp_path, make_scores, make_candidate):
     import flywheel.cli  # noqa: F401  (registers the commands)
     from flywheel.cli.app import app
-    from flywheel.evaluate import run_evaluation
-    from flywheel.promote import registry_state
-    from flywheel.tracking import tracking_uri
+    from flywheel.records import Evaluation
+    from flywheel.registry import client_for, registry_state, tracking_uri
+    from tasks.evaluate import run_evaluation
     from tasks.promote import promote_candidate
 
     golden = tmp_path / "golden.jsonl"
     golden.write_text("".join(json.dumps({"messages": p}) + "\n" for p in tiny["eval"]))
     cfg = _cfg(state_dir, golden)
     score, kinds = scorer
-    scored = SimpleNamespace(scored_uri=None, spec_hash="spec-sha", snapshot_hash="snap-sha", snapshot_uri="s.parquet")
+    scores = make_scores(snapshot_hash="snap-sha", spec_hash="spec-sha")
     uri = tracking_uri(cfg.state)
 
     def release(adapter):
-        ev = run_evaluation(cfg, adapter, None, score=score, kinds=kinds, base_model=str(tiny["base"]))
-        cand = SimpleNamespace(adapter_uri=str(adapter), base_model=str(tiny["base"]), run_id="")
-        return ev, promote_candidate.fn(cfg, cand, ev, scored)
+        train_run = f"train-{Path(adapter).name}"
+        ev = run_evaluation(cfg, adapter, None, candidate_run_id=train_run, score=score, kinds=kinds,
+                            base_model=str(tiny["base"]))
+        assert isinstance(ev, Evaluation) and ev.candidate_run_id == train_run
+        cand = make_candidate(adapter, tiny["base"], scores, champion_version=ev.champion_version, run_id=train_run)
+        return ev, promote_candidate.fn(cfg, cand, ev)
 
     # 1. first release: compared with the base (no champion yet)
     ev1, rel1 = release(tiny["weak"])
@@ -59,10 +66,10 @@ def test_degraded_candidate_fails_the_gate_better_one_is_promoted_and_rollback_r
     assert ev3.passed, ev3.decision.reason
     assert ev3.summary["gain_ci"][0] > 0
     assert (rel3.decision, rel3.champion_version, rel3.previous_version) == ("promoted", 3, 1)
-    from flywheel.promote import client_for
-
     tags = client_for(uri).get_model_version("support-bot", "3").tags
     assert tags["parent_champion_version"] == "1" and tags["reward_spec_hash"] == "spec-sha"
+    assert tags["snapshot_hash"] == "snap-sha" and tags["validation_report"] == scores.validation_report_uri
+    assert tags["base_model"] == str(tiny["base"]) and all(tags[t] for t in LINEAGE_TAGS)
     assert json.loads(tags["eval_summary"])["passed"] is True
     assert {a.path for a in client_for(uri).list_artifacts(ev3.run_id, "evaluation")} >= {
         "evaluation/report.json", "evaluation/report.html"}

@@ -7,29 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.promote import Lineage, PromotionError, fetch_adapter, promote, registry_state, rollback
-from flywheel.tracking import ensure_experiment, tracking_uri
+from flywheel.records import Lineage
+from flywheel.registry import (
+    PromotionError,
+    client_for,
+    ensure_experiment,
+    fetch_adapter,
+    promote,
+    registry_state,
+    rollback,
+    tracking_uri,
+)
 
 NAME = "support-bot"
-
-
-@pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
-    """Four distinct random LoRA adapter folders on a tiny Llama (no training needed for registry tests)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("adapters")
-    out = []
-    for i in range(4):
-        torch.manual_seed(i)
-        base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                            intermediate_size=64))
-        peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
-        peft.save_pretrained(root / f"a{i}")
-        out.append(root / f"a{i}")
-    return out
 
 
 def _promote(uri, state, adapter, passed, evaluated, **kw):
@@ -37,7 +27,7 @@ def _promote(uri, state, adapter, passed, evaluated, **kw):
     return promote(adapter, tracking_uri=uri, model_name=NAME, experiment_id=exp, state_dir=state, passed=passed,
                    reason="gates passed" if passed else "total_gain failed", evaluated_champion=evaluated,
                    summary={"gain": 0.1}, lineage=Lineage(snapshot_hash="sha-1", reward_spec_hash="spec-1",
-                                                          base_model="tiny-base", contract_report="r.json"), **kw)
+                                                          base_model="tiny-base", validation_report="r.json"), **kw)
 
 
 def _registry_lifecycle(uri: str, state: Path, adapters: list[Path], tmp: Path) -> None:
@@ -55,16 +45,16 @@ def _registry_lifecycle(uri: str, state: Path, adapters: list[Path], tmp: Path) 
     stale = _promote(uri, state, adapters[3], True, 1)  # evaluated against v1, but v3 is champion now
     assert stale.decision == "stale" and stale.champion_version == 3 and "re-evaluate" in stale.reason
 
-    from flywheel.promote import client_for
-
     tags = client_for(uri).get_model_version(NAME, "3").tags
     assert tags["parent_champion_version"] == "1" and tags["snapshot_hash"] == "sha-1"
+    assert tags["validation_report"] == "r.json"
     assert tags["reward_spec_hash"] == "spec-1" and tags["base_model"] == "tiny-base" and tags["decision"] == "promoted"
     assert tags["code_revision"] and json.loads(tags["eval_summary"]) == {"gain": 0.1}
 
     version, local = fetch_adapter(uri, NAME, "champion", tmp / "champ")
     assert version == 3 and (local / "adapter_config.json").is_file()
-    assert (local / "adapter_model.safetensors").read_bytes() == (adapters[2] / "adapter_model.safetensors").read_bytes()
+    weights = "adapter_model.safetensors"
+    assert (local / weights).read_bytes() == (adapters[2] / weights).read_bytes()
 
     back = rollback(tracking_uri=uri, model_name=NAME, state_dir=state, reason="test")
     assert (back.champion_version, back.previous_version) == (1, None)
@@ -96,8 +86,8 @@ def test_champion_does_not_move_when_an_expected_artifact_is_missing(state_dir, 
 RACER = """
 import sys, time
 from pathlib import Path
-from flywheel.promote import Lineage, promote
-from flywheel.tracking import ensure_experiment
+from flywheel.records import Lineage
+from flywheel.registry import ensure_experiment, promote
 uri, state, adapter, go, fresh = sys.argv[1:6]
 exp = ensure_experiment("support-bot", state, None if uri.startswith("sqlite") else uri)
 while not Path(go).exists():
@@ -125,8 +115,6 @@ def _race(uri: str, state: Path, adapters: list[Path], tmp: Path, fresh: bool) -
 
 @pytest.mark.slow
 def test_two_racing_promotions_leave_one_champion_and_a_consistent_previous(state_dir, adapters, tmp_path):
-    from flywheel.promote import client_for
-
     uri = tracking_uri(state_dir)
     assert _promote(uri, state_dir, adapters[0], True, None).champion_version == 1
 
@@ -153,8 +141,7 @@ def test_manifests_are_rendered_with_the_champion_uri_and_base_model(state_dir, 
     import yaml
 
     from flywheel.config import load_config
-    from flywheel.promote import client_for
-    from flywheel.serve import render_champion_manifests
+    from flywheel.serving import render_champion_manifests
 
     uri = tracking_uri(state_dir)
     _promote(uri, state_dir, adapters[0], True, None)
@@ -178,17 +165,17 @@ def test_deploy_is_skipped_and_says_why_without_a_server_or_a_new_champion(state
     import socket
 
     from flywheel.config import load_config
-    from flywheel.serve import deploy_champion
-    from tasks.deploy import deploy_champion as deploy_task
+    from tasks.deploy import deploy_champion
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there
     cfg = load_config(None, overrides={"project.state_dir": str(state_dir), "serve.port": port})
     with pytest.raises(ValueError, match="no champion yet"):
-        deploy_champion(cfg)
+        deploy_champion.fn(cfg, None)
     rel = _promote(tracking_uri(state_dir), state_dir, adapters[0], True, None)
-    result = deploy_champion(cfg)
+    result = deploy_champion.fn(cfg, rel)
     assert result.status == "skipped" and "no vLLM server" in result.reason and result.version == 1
+    assert deploy_champion.fn(cfg, None).status == "skipped"  # `flywheel deploy`: whatever the champion is
     rejected = rel.model_copy(update={"decision": "rejected", "version": 2})
-    assert deploy_task.fn(cfg, rejected).status == "skipped"
+    assert deploy_champion.fn(cfg, rejected).status == "skipped"

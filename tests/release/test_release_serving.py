@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not VLLM_PY.exists(), reason=".venv-vllm is absent: build it with `make vllm-env` (make test does)"),
+    pytest.mark.skipif(not VLLM_PY.exists(),
+                       reason=".venv-vllm is absent: build it with `make vllm-env` (make test does)"),
 ]
 
 
@@ -28,72 +29,72 @@ def free_port() -> int:
 
 
 def _register(cfg, adapter, passed, evaluated, base):
-    from flywheel.promote import Lineage, promote
-    from flywheel.tracking import ensure_experiment, tracking_uri
+    from flywheel.records import Lineage
+    from flywheel.registry import Registry
 
-    return promote(adapter, tracking_uri=tracking_uri(cfg.state), model_name=cfg.project.name,
-                   experiment_id=ensure_experiment(cfg.project.name, cfg.state), state_dir=cfg.state, passed=passed,
-                   reason="test", evaluated_champion=evaluated, lineage=Lineage(base_model=str(base)))
+    return Registry.from_config(cfg).release(adapter, passed=passed, reason="test", evaluated_champion=evaluated,
+                                             lineage=Lineage(base_model=str(base)))
 
 
 def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(tiny, state_dir, tmp_path):
     import flywheel.cli  # noqa: F401  (registers the commands)
-    from flywheel import serve
+    from demo.support_triage import reward_components
+    from flywheel import serving
     from flywheel.cli.app import app
     from flywheel.config import load_config
-    from flywheel.config.release import EvaluateConfig
-    from flywheel.evaluate import HFPolicies
-    from flywheel.judge_stage import default_components
-    from flywheel.promote import registry_state
-    from flywheel.tracking import tracking_uri
+    from flywheel.registry import registry_state, tracking_uri
+    from models.decoding import AdapterPolicies
+    from tasks.deploy import deploy_champion, rule_check
 
     golden = tmp_path / "golden.jsonl"
     golden.write_text("".join(json.dumps({"messages": p}) + "\n" for p in tiny["eval"][:6]))
-    fmt = [c.model_dump() for c in default_components() if c.name == "format"]  # JSON schema rule of the demo
+    fmt = [c for c in reward_components() if c["name"] == "format"]  # JSON schema rule of the demo
     cfg_file = tmp_path / "flywheel.yaml"
     cfg_file.write_text(yaml.safe_dump({
-        "project": {"state_dir": str(state_dir)}, "evaluate": {"golden_set": str(golden)}, "rewards": {"components": fmt},
+        "project": {"state_dir": str(state_dir)}, "evaluate": {"golden_set": str(golden)},
+        "rewards": {"components": fmt},
         "serve": {"port": free_port(), "command": [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server"],
                   "smoke_min_pass_rate": 0.8},
     }))
     cfg = load_config(cfg_file)
     prompts = tiny["eval"][:6]
-    hf = HFPolicies(tiny["base"], {"weak": tiny["weak"], "strong": tiny["strong"], "noisy": tiny["noisy"]},
-                    EvaluateConfig(max_new_tokens=cfg.serve.smoke_max_tokens))
+    hf = AdapterPolicies(tiny["base"], {"weak": tiny["weak"], "strong": tiny["strong"], "noisy": tiny["noisy"]},
+                         batch_size=8, max_new_tokens=cfg.serve.smoke_max_tokens)
     expected = {r: hf.generate(r, prompts) for r in ("weak", "strong", "noisy")}
     assert expected["weak"] != expected["strong"]  # the two adapters are distinguishable by their answers
-    check = serve.rule_check(cfg)
-    assert sum(check(prompts, expected["strong"])) >= 0.8 * len(prompts) and max(check(prompts, expected["noisy"])) == 0.0
+    check = rule_check(cfg)
+    assert sum(check(prompts, expected["strong"])) >= 0.8 * len(prompts)
+    assert max(check(prompts, expected["noisy"])) == 0.0
 
     assert _register(cfg, tiny["weak"], True, None, tiny["base"]).champion_version == 1
     t0 = time.time()
     res = CliRunner().invoke(app, ["serve", "--config", str(cfg_file), "--detach"])
     assert res.exit_code == 0, res.output
-    info = serve.read_server_info(cfg.state)
+    info = serving.read_server_info(cfg.state)
     try:
         startup_s = time.time() - t0
         # 1. the champion adapter answers (as HF decodes base + that adapter)
         latencies = []
         for p, want in zip(prompts, expected["weak"]):
-            got, ms = serve.chat(info.url, "champion", p, cfg.serve.smoke_max_tokens)
+            got, ms = serving.chat(info.url, "champion", p, cfg.serve.smoke_max_tokens)
             latencies.append(ms)
             assert got == want
-        assert set(serve.served_models(info.url)) >= {"base", "champion", "support-bot-v1"}
+        assert set(serving.served_models(info.url)) >= {"base", "champion", "support-bot-v1"}
 
         # 2. a better champion is promoted, hot-loaded, smoke-tested and answers under the stable name
         assert _register(cfg, tiny["strong"], True, 1, tiny["base"]).champion_version == 2
-        result = serve.deploy_champion(cfg)
+        result = deploy_champion.fn(cfg, None)
         assert result.status == "deployed", result.reason
         assert result.smoke.pass_rate >= 0.8
-        assert [serve.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
+        assert [serving.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
 
         # 3. a broken champion fails the smoke test: unloaded, the previous keeps serving, registry rolled back
         assert _register(cfg, tiny["noisy"], True, 2, tiny["base"]).champion_version == 3
-        result = serve.deploy_champion(cfg)
+        result = deploy_champion.fn(cfg, None)
         assert result.status == "rolled_back" and result.rolled_back_registry, result.reason
         assert result.smoke.pass_rate == 0.0
-        assert "support-bot-v3" not in serve.served_models(info.url)
-        assert [serve.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
+        assert "support-bot-v3" not in serving.served_models(info.url)
+        assert [serving.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
         aliases = registry_state(tracking_uri(cfg.state), cfg.project.name)["aliases"]
         assert aliases["champion"] == 2 and aliases["previous"] == 1 and aliases["challenger"] == 3
         print(f"\nvLLM startup {startup_s:.1f} s (healthy after {info.started_s:.1f} s); chat latency "

@@ -6,18 +6,10 @@ import pandas as pd
 import pytest
 
 from flywheel.config.release import EvaluateConfig, GatesConfig
-from flywheel.evaluate import (
-    EvalSet,
-    bootstrap_mean_ci,
-    build_report,
-    decide,
-    evaluate_candidate,
-    holdout_split,
-    load_eval_set,
-    paired_diff_ci,
-    read_golden_set,
-    win_rate,
-)
+from flywheel.records import Evaluation
+from flywheel.snapshots import holdout_split
+from flywheel.stats import bootstrap_mean_ci, build_report, decide, paired_diff_ci, win_rate
+from tasks.evaluate import EvalSet, evaluate_with, load_eval_set, read_golden_set
 
 CFG = EvaluateConfig(bootstrap_samples=500)
 
@@ -109,7 +101,8 @@ def test_monitors_flag_length_drift_entropy_collapse_and_kl_spike():
     prompts = [[{"role": "user", "content": "q"}]] * 50
     responses = {"candidate": ["a" * 40] * 50, "champion": ["a" * 10] * 50, "base": ["a" * 10] * 50}
     measures = {"candidate": {"kl": [5.0] * 50, "entropy": [0.01] * 50},
-                "champion": {"kl": [0.5] * 50, "entropy": [1.0] * 50}, "base": {"kl": [0.0] * 50, "entropy": [2.0] * 50}}
+                "champion": {"kl": [0.5] * 50, "entropy": [1.0] * 50},
+                "base": {"kl": [0.0] * 50, "entropy": [2.0] * 50}}
     report = build_report(responses, {"candidate": s, "champion": s, "base": s}, {}, measures, CFG, prompts, 1)
     flagged = {m.name for m in report.monitors if not m.passed}
     assert flagged == {"length_drift", "entropy_collapse", "kl_spike"}
@@ -118,7 +111,9 @@ def test_monitors_flag_length_drift_entropy_collapse_and_kl_spike():
 
 
 def test_eval_set_is_held_out_newest_prompts_plus_golden(tmp_path):
-    msgs = lambda t: json.dumps([{"role": "user", "content": t}])
+    def msgs(t):
+        return json.dumps([{"role": "user", "content": t}])
+
     df = pd.DataFrame({
         "timestamp": pd.to_datetime(["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"], utc=True),
         "messages": [msgs("a"), msgs("b"), msgs("c"), msgs("a"), msgs("e")],
@@ -135,9 +130,10 @@ def test_eval_set_is_held_out_newest_prompts_plus_golden(tmp_path):
         read_golden_set(gold)
 
 
-def test_evaluate_candidate_writes_report_and_decision(tmp_path):
+def test_evaluate_with_writes_report_and_decision(tmp_path):
     prompts = [[{"role": "user", "content": f"order {i:06d}"}] for i in range(40)]
-    answers = {"candidate": lambda i: f"{i:06d}", "champion": lambda i: f"{i:06d}" if i % 2 else "?", "base": lambda i: "?"}
+    answers = {"candidate": lambda i: f"{i:06d}", "champion": lambda i: f"{i:06d}" if i % 2 else "?",
+               "base": lambda i: "?"}
 
     def generate(role, ps):
         return [answers[role](int(p[0]["content"].split()[1])) for p in ps]
@@ -146,9 +142,11 @@ def test_evaluate_candidate_writes_report_and_decision(tmp_path):
         ok = [float(p[0]["content"].endswith(c)) for p, c in zip(ps, cs)]
         return {"copy": ok, "total": ok}
 
-    res = evaluate_candidate(EvalSet(prompts=prompts, references=[None] * 40, source=["logs"] * 40), generate, score,
-                             CFG, tmp_path, kinds={"copy": "rule"}, has_champion=True, champion_version=7)
-    assert res.passed and res.champion_version == 7
+    res = evaluate_with(EvalSet(prompts=prompts, references=[None] * 40, source=["logs"] * 40), generate, score,
+                        CFG, tmp_path, kinds={"copy": "rule"}, champion_version=7, candidate_uri="cand",
+                        candidate_run_id="train-run")
+    assert isinstance(res, Evaluation) and res.passed and res.champion_version == 7
+    assert (res.candidate_uri, res.candidate_run_id) == ("cand", "train-run")
     assert res.summary["gain"] == pytest.approx(0.5)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["decision"]["passed"] and data["report"]["roles"]["champion"]["pass_rates"]["copy"]["mean"] == 0.5
@@ -160,8 +158,8 @@ def test_evaluate_candidate_writes_report_and_decision(tmp_path):
 def test_win_rate_gate_with_a_pairwise_judge_over_http(state_dir, tmp_path):
     """The configured judge (a local OpenAI-compatible server replaying a 'prefers the longer answer' opinion)."""
     from flywheel.config import load_config
-    from flywheel.evaluate import judge_pairwise
     from flywheel.rewards.replay_server import ReplayServer
+    from tasks.evaluate import pairwise_judge
 
     prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
     es = EvalSet(prompts=prompts, references=[None] * 12, source=["logs"] * 12)
@@ -173,11 +171,11 @@ def test_win_rate_gate_with_a_pairwise_judge_over_http(state_dir, tmp_path):
         cfg = load_config(None, overrides={
             "project.state_dir": str(state_dir), "rewards.judge.base_url": srv.base_url,
             "rewards.components": [{"name": "helpful", "kind": "llm_judge", "params": {"rubric": "helpfulness"}}]})
-        pairwise = judge_pairwise(cfg)
+        pairwise = pairwise_judge(cfg)
         for cand, champ, wins in (("a detailed answer", "short", True), ("short", "a detailed answer", False)):
             answers = {"candidate": cand, "champion": champ, "base": "x"}
-            res = evaluate_candidate(es, lambda role, ps, a=answers: [a[role]] * len(ps), score, CFG,
-                                     tmp_path / cand[:5], pairwise=pairwise, has_champion=True, champion_version=1)
+            res = evaluate_with(es, lambda role, ps, a=answers: [a[role]] * len(ps), score, CFG,
+                                tmp_path / cand[:5], pairwise=pairwise, champion_version=1)
             gate = {g.name: g for g in res.decision.gates}["win_rate"]
             assert gate.passed is wins and res.summary["win_rate"] == (1.0 if wins else 0.0)
         # both orders of each prompt judged once over HTTP; mirrored calls and the swapped scenario come from the cache

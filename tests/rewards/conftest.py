@@ -47,7 +47,7 @@ def snapshot_from_logs(log_dir: Path, out: Path):
 @pytest.fixture(scope="session")
 def demo_logs(tmp_path_factory):
     """Two days × 800 rows of demo logs (no line defects) + gold; returns the folder."""
-    from flywheel.demo_data import generate_logs
+    from demo.support_triage import generate_logs
 
     out = tmp_path_factory.mktemp("demo_logs")
     generate_logs(out, days=2, rows_per_day=800, seed=7, defect_rate=0.0, fmt="jsonl",
@@ -62,8 +62,9 @@ def demo_snapshot(demo_logs, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_base(demo_logs, tmp_path_factory):
-    """A small tiny base (models/tiny.py: BPE tokenizer trained on the demo texts, Llama 96 wide, 2 layers, random init)."""
-    from flywheel.demo_data import load_gold
+    """A small tiny base (models/tiny.py: BPE tokenizer trained on the demo texts, Llama 96 wide, 2 layers, random "
+      "init)."""
+    from demo.support_triage import load_gold
     from models.tiny import build_tiny_model
 
     gold = load_gold(demo_logs)

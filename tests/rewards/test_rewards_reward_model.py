@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from flywheel.config import load_config
-from flywheel.judge_stage import prompts_of
+from tasks.score import prompts_of
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_swapped_negatives_are_other_answers_fitted_to_the_request():
 def test_folder_format_and_normalised_scores(trained, demo_logs):
     from safetensors.torch import load_file
 
-    from flywheel.demo_data import load_gold
+    from demo.support_triage import load_gold
     from models.reward_model import RewardModelScorer
 
     folder, metrics, df = trained

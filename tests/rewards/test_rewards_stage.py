@@ -1,4 +1,4 @@
-"""The judge stage end to end: scored Parquet, spec hash, reward model refresh/reuse, cached judge, online reward."""
+"""The score stage end to end: scored Parquet, spec hash, reward model refresh/reuse, cached judge, online reward."""
 import json
 import math
 
@@ -6,8 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from demo.support_triage import reward_components
 from flywheel.config import load_config
-from flywheel.judge_stage import build_online_reward, default_components, run_judge
+from flywheel.records import Validation
+from flywheel.rewards.online import build_online_reward
+from flywheel.rewards.spec import components_of, default_components
+from tasks.score import score, score_snapshot
+
+
+def run_judge(cfg, snapshot: str):
+    """The score stage on a snapshot file, as the flow runs it after validate (lineage ids given)."""
+    return score(cfg, snapshot, snapshot_hash="snap-test", validation_report_uri="report-test.json")
 
 
 def small_snapshot(demo_snapshot, tmp_path, n, start=0):
@@ -18,7 +27,7 @@ def small_snapshot(demo_snapshot, tmp_path, n, start=0):
 
 
 def config(state_dir, tiny_base, judge_url=None, **rm):
-    comps = [c.model_dump() for c in default_components()]
+    comps = reward_components()  # the demo task's rules on top of the defaults
     if judge_url:
         comps.append({"name": "helpfulness", "kind": "llm_judge", "weight": 0.5, "normalize": "zscore",
                       "params": {"rubric": "helpfulness"}})
@@ -72,7 +81,7 @@ def test_judge_stage_scores_caches_and_reuses(state_dir, tmp_path, demo_snapshot
     # registered in MLflow as its own model
     from mlflow import MlflowClient
 
-    from flywheel.tracking import tracking_uri
+    from flywheel.registry import tracking_uri
     client = MlflowClient(tracking_uri(state_dir))
     mv = client.get_model_version_by_alias("support-bot-reward-model", "current")
     assert str(mv.version) == "1"
@@ -127,9 +136,25 @@ def test_stage_errors_name_what_is_wrong(state_dir, tmp_path, demo_snapshot):
         run_judge(cfg2, str(small_snapshot(demo_snapshot, tmp_path, 5)))
 
 
-def test_cli_judge_reports_clear_errors(tmp_path):
+def test_defaults_are_task_agnostic_and_the_task_carries_lineage(state_dir, tmp_path, demo_snapshot):
+    cfg = load_config(None, overrides={"project.state_dir": str(state_dir),
+                                       "rewards.reward_model": {"min_labels": 10_000}})
+    assert components_of(cfg) == default_components()
+    assert {c.kind for c in default_components()} == {"reward_model", "kpi", "rule"}
+    assert [c.params["check"] for c in default_components() if c.kind == "rule"] == ["not_degenerate"]
+    snap = small_snapshot(demo_snapshot, tmp_path, 12)
+    clean = Validation(snapshot_hash="abc123", contract="interaction_log_v1", rows_in=12, rows_clean=12,
+                       rows_quarantined=0, clean_uri=str(snap), quarantine_uri=str(tmp_path / "q.parquet"),
+                       report_uri=str(tmp_path / "report.json"), report_html_uri=str(tmp_path / "report.html"),
+                       checks={}, pii={}, gates=[], passed=True)
+    rec = score_snapshot.fn(cfg, clean)
+    assert rec.snapshot_hash == "abc123" and rec.validation_report_uri == clean.report_uri
+    assert rec.components == ["reward_model", "kpi", "not_degenerate"]
+
+
+def test_cli_score_reports_clear_errors(tmp_path):
     from typer.testing import CliRunner
 
     from flywheel.cli import app
-    r = CliRunner().invoke(app, ["judge", "--snapshot", str(tmp_path / "missing.parquet"), "--state", str(tmp_path)])
+    r = CliRunner().invoke(app, ["score", "--snapshot", str(tmp_path / "missing.parquet"), "--state", str(tmp_path)])
     assert r.exit_code == 1 and "missing.parquet" in r.output and "Traceback" not in r.output

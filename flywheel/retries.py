@@ -1,0 +1,24 @@
+"""Which failures are worth a retry: transient I/O (network, S3, an HTTP endpoint, the registry), never bad data,
+bad config or a bug. Plain predicates over an exception; the stages' Prefect ``retry_condition_fn`` call them."""
+from __future__ import annotations
+
+
+def is_transient_io(exc: BaseException) -> bool:
+    """Network, disk and cloud-SDK errors that a later attempt may not hit (a missing file or a denied one will)."""
+    import httpx
+
+    if isinstance(exc, (httpx.TransportError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError):  # ConnectionError is an OSError
+        return not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError))
+    module = type(exc).__module__
+    return module.startswith(("botocore", "boto3", "urllib3", "requests")) or "Max retries exceeded" in str(exc)
+
+
+def failed_transiently(state) -> bool:
+    """True when the Prefect ``state`` holds a transient I/O failure (for ``retry_condition_fn``)."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classified below
+        return is_transient_io(exc)
+    return False
