@@ -86,7 +86,8 @@ def bench_reward_model(rm_rows: int, tmp: Path, epochs: int, hidden: int, layers
 
     torch.manual_seed(0)
     logs = tmp / "logs"
-    generate_logs(logs, days=2, rows_per_day=rm_rows // 2, seed=0, defect_rate=0.0, fmt="jsonl", start_date="2026-11-20")
+    generate_logs(logs, days=2, rows_per_day=rm_rows // 2, seed=0, defect_rate=0.0, fmt="jsonl",
+                  start_date="2026-11-20")
     rows = [json.loads(line) for f in sorted(logs.glob("dt=*/*.jsonl")) for line in f.read_text().splitlines()]
     gold = {g["request_id"]: g["logged_correct"] for g in load_gold(logs)}
     texts_corpus = [m["content"] for r in rows for m in r["messages"]] + [r["completion"] for r in rows]
@@ -112,7 +113,8 @@ def bench_reward_model(rm_rows: int, tmp: Path, epochs: int, hidden: int, layers
     t0 = time.perf_counter()
     scorer([rows[i]["messages"] for i in test], [rows[i]["completion"] for i in test])
     score_s = time.perf_counter() - t0
-    return {"base": f"tiny llama hidden {hidden}, {layers} layers", "max_length": max_length, "rows_train": len(train), "rows_heldout": len(test), "epochs": epochs, "base_build_s": round(build_s, 2),
+    return {"base": f"tiny llama hidden {hidden}, {layers} layers", "max_length": max_length,
+            "rows_train": len(train), "rows_heldout": len(test), "epochs": epochs, "base_build_s": round(build_s, 2),
             "train_s": round(train_s, 2), "train_rows_per_s": round(len(train) * epochs / train_s, 1),
             "heldout_auc_vs_resolved": auc(scores, [labels[i] for i in test]),
             "heldout_auc_vs_gold": auc(scores, [int(gold[rows[i]["request_id"]]) for i in test]),

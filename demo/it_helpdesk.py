@@ -18,6 +18,8 @@ import json
 import random
 import re
 
+from demo.logs import kind_by_keywords, parse_json_fields
+
 TEAMS = ("network", "hardware", "access", "software", "security")
 NAME = "it_helpdesk"
 PROJECT = "helpdesk-bot"
@@ -125,9 +127,7 @@ def team_of(text: str) -> str | None:
     >>> team_of("VPN keeps dropping on LAP-48213.")
     'network'
     """
-    hits = {team: len(rx.findall(text)) for team, rx in _KEYWORD_RES.items()}
-    best = max(TEAMS, key=lambda t: hits[t])
-    return best if hits[best] else None
+    return kind_by_keywords(text, _KEYWORD_RES, TEAMS)
 
 
 def asset_in(text: str) -> str | None:
@@ -148,13 +148,7 @@ def answer_line(team: str, asset: str) -> str:
 
 def parse_answer(text: str) -> dict | None:
     """``{"team", "asset"}`` if ``text`` is one JSON object with both as strings, else None."""
-    try:
-        obj = json.loads(text.strip())
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("team"), str) or not isinstance(obj.get("asset"), str):
-        return None
-    return {"team": obj["team"], "asset": obj["asset"]}
+    return parse_json_fields(text, ("team", "asset"))
 
 
 def mangle_asset(rng: random.Random, asset: str) -> str:

@@ -66,6 +66,24 @@ class DemoTask(Protocol):
         ...
 
 
+def parse_json_fields(text: str, keys: tuple[str, ...]) -> dict | None:
+    """``{key: value}`` if ``text`` is one JSON object whose ``keys`` are all strings, else None."""
+    try:
+        obj = json.loads(text.strip())
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in keys):
+        return None
+    return {k: obj[k] for k in keys}
+
+
+def kind_by_keywords(text: str, keyword_res: dict, kinds: tuple[str, ...]) -> str | None:
+    """The kind whose keyword patterns match ``text`` most often (ties in ``kinds`` order); None if none matches."""
+    hits = {kind: len(keyword_res[kind].findall(text)) for kind in kinds}
+    best = max(kinds, key=lambda k: hits[k])
+    return best if hits[best] else None
+
+
 @dataclass
 class DemoLogSummary:
     """What ``generate_logs`` wrote, with the counts the ingest tests check against."""

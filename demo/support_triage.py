@@ -22,7 +22,15 @@ import re
 from pathlib import Path
 
 from demo import logs
-from demo.logs import DEFECT_KINDS, REQUIRED_FIELDS, DemoLogSummary, load_defects, load_gold
+from demo.logs import (
+    DEFECT_KINDS,
+    REQUIRED_FIELDS,
+    DemoLogSummary,
+    kind_by_keywords,
+    load_defects,
+    load_gold,
+    parse_json_fields,
+)
 
 __all__ = [
     "DEFAULT_ERROR_MODES", "DEFAULT_INTENT_ACCURACY", "DEFECT_KINDS", "INTENTS", "MODEL_VERSION", "PHRASINGS",
@@ -146,9 +154,7 @@ def intent_of(text: str) -> str | None:
     >>> intent_of("Please cancel my order 123456.")
     'cancel_order'
     """
-    hits = {intent: len(rx.findall(text)) for intent, rx in _KEYWORD_RES.items()}
-    best = max(INTENTS, key=lambda i: hits[i])
-    return best if hits[best] else None
+    return kind_by_keywords(text, _KEYWORD_RES, INTENTS)
 
 
 def order_id_in(text: str) -> str | None:
@@ -181,13 +187,7 @@ def gold_completion(intent: str, order_id: str) -> str:
 
 def parse_completion(text: str) -> dict | None:
     """``{"intent", "order_id"}`` if ``text`` is one JSON object with both as strings, else None."""
-    try:
-        obj = json.loads(text.strip())
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("intent"), str) or not isinstance(obj.get("order_id"), str):
-        return None
-    return {"intent": obj["intent"], "order_id": obj["order_id"]}
+    return parse_json_fields(text, ("intent", "order_id"))
 
 
 def is_correct(completion: str, intent: str, order_id: str) -> bool:

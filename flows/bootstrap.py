@@ -52,7 +52,8 @@ def bootstrap_champion(config_path: str | None = None, day: str | None = None,
     existing = existing_champion(cfg)
     if existing is not None:
         log.info(f"champion v{existing[0]} already registered: bootstrap skipped")
-        return BootstrapRecord(day=night.day, status="existing", base_model=str(resolve_base(cfg.model.base, cfg.state)),
+        return BootstrapRecord(day=night.day, status="existing",
+                               base_model=str(resolve_base(cfg.model.base, cfg.state)),
                                adapter_uri=existing[1], champion_version=str(existing[0]))
     observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
     if not observation.new_data:

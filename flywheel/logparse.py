@@ -12,11 +12,11 @@ import io
 from operator import attrgetter
 
 import msgspec
-import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from flywheel.logparse_arrays import timestamps, utf8_array
 
 # Raw snapshot = schema.SNAPSHOT_COLUMNS + internal "_" columns that validate reads and drops:
 #   _errors  "|"-joined parse-level reasons (malformed_json, invalid_utf8, not_an_object, type:<field>) or null
@@ -179,12 +179,12 @@ class _RawColumns:
         arrays = []
         for column in RAW_SCHEMA:
             if column.name == "timestamp":
-                ts, unparsed = _timestamps(columns["timestamp"])
+                ts, unparsed = timestamps(columns["timestamp"])
                 if len(unparsed):
                     self._add_reason(unparsed, "type:timestamp")
                 arrays.append(ts)
             elif column.name in ("messages", "metadata"):
-                arrays.append(_utf8_array(columns[column.name]))
+                arrays.append(utf8_array(columns[column.name]))
             elif column.type == pa.int64():
                 arrays.append(self._int64(column.name))
             else:
@@ -213,54 +213,6 @@ class _RawColumns:
             errors[i] = reason if errors[i] is None else errors[i] + "|" + reason
             if raws[i] is None:
                 raws[i] = _text(self.inputs[i])
-
-
-# The common timestamp shape, years 1900-2099 (well inside pandas' range): parsed by Arrow's strptime. Any other
-# string (offsets, fractions, dates only, odd years) goes through pandas' ISO 8601 parser, as before.
-_PLAIN_TS = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
-_TS_TYPE = pa.timestamp("us", tz="UTC")
-_TS_FIELDS = (("year", 0), ("month", 5), ("day", 8), ("hour", 11), ("minute", 14), ("second", 17))
-
-
-def _timestamps(values: list) -> tuple[pa.Array, np.ndarray]:
-    """ISO 8601 strings (None = missing) -> timestamp[us, UTC], and the rows whose string is not a timestamp."""
-    import pandas as pd
-
-    strings = pa.array(values, pa.string())
-    plain = pc.fill_null(pc.match_substring_regex(strings, _PLAIN_TS), False)
-    candidates = pc.if_else(plain, strings, "2000-01-01T00:00:00Z")
-    fast = pc.strptime(candidates, format="%Y-%m-%dT%H:%M:%SZ", unit="us", error_is_null=True)
-    done = pc.and_(plain, fast.is_valid())
-    for field, start in _TS_FIELDS:     # strptime rolls Feb 30 over to Mar 2 and :60 to the next minute: refuse
-        written = pc.cast(pc.utf8_slice_codeunits(candidates, start, start + (4 if field == "year" else 2)), pa.int64())
-        done = pc.and_(done, pc.fill_null(pc.equal(getattr(pc, field)(fast), written), False))
-    out = pc.if_else(done, fast, pa.scalar(None, fast.type)).to_numpy(zero_copy_only=False, writable=True)
-    rest = np.flatnonzero(pc.and_(strings.is_valid(), pc.invert(done)).to_numpy(zero_copy_only=False))
-    unparsed = rest[:0]
-    if len(rest):
-        raw = pd.Series(strings.take(pa.array(rest)).to_pylist(), dtype=object)
-        parsed = pd.to_datetime(raw, format="ISO8601", utc=True, errors="coerce")
-        out[rest] = parsed.astype("datetime64[us, UTC]").dt.tz_localize(None).to_numpy()
-        unparsed = rest[parsed.isna().to_numpy()]
-    return pa.array(out, pa.timestamp("us"), from_pandas=True).cast(_TS_TYPE), unparsed
-
-
-def _utf8_array(values: list) -> pa.Array:
-    """String array of UTF-8 byte strings (None = null) by concatenation: no per-item conversion.
-
-    Every value is a slice of a line already checked to be UTF-8, or orjson output; ``validate(full=True)`` checks.
-    """
-    n = len(values)
-    lengths = np.fromiter(map(len, [b"" if v is None else v for v in values]), np.int64, n)
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    valid = np.fromiter([v is not None for v in values], bool, n)
-    nulls = n - int(valid.sum())
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    data = pa.py_buffer(b"".join([v for v in values if v is not None]))
-    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), data, bitmap, nulls)
-    arr.validate(full=True)
-    return arr.cast(pa.string())
 
 
 def _text(raw) -> str:

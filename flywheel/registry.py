@@ -325,13 +325,8 @@ class Registry:
 
     def experiment_id(self) -> str:
         """Id of the project's experiment (created on first use); also points ``mlflow`` at this store."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.tracking_uri)
-        exp = mlflow.get_experiment_by_name(self.experiment_name)
-        if exp is not None:
-            return exp.experiment_id
-        return mlflow.create_experiment(self.experiment_name, artifact_location=self.artifact_root)
+        configured = None if self.artifact_root else self.tracking_uri  # embedded store: local artifact root
+        return ensure_experiment(self.experiment_name, self.state_dir, configured)
 
     def version_of(self, alias: str) -> int | None:
         return alias_version(self.client, self.model_name, alias)

@@ -1,5 +1,5 @@
 """Which failures are worth a retry: transient I/O (network, S3, an HTTP endpoint, the registry), never bad data,
-bad config or a bug. Plain predicates over an exception; the stages' Prefect ``retry_condition_fn`` call them."""
+bad config or a bug. A plain predicate over an exception, and the stages' Prefect ``retry_condition_fn`` built on it."""
 from __future__ import annotations
 
 
@@ -15,8 +15,8 @@ def is_transient_io(exc: BaseException) -> bool:
     return module.startswith(("botocore", "boto3", "urllib3", "requests")) or "Max retries exceeded" in str(exc)
 
 
-def failed_transiently(state) -> bool:
-    """True when the Prefect ``state`` holds a transient I/O failure (for ``retry_condition_fn``)."""
+def retry_on_transient_io(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry when the failed ``state`` holds a transient I/O error."""
     try:
         state.result()
     except Exception as exc:  # noqa: BLE001 - classified below

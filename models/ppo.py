@@ -127,6 +127,18 @@ def gae(values: Tensor, rewards: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     return advantages, (advantages + values) * mask
 
 
+def grouped_returns(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, group: int, estimator: str) -> Tensor:
+    """Each response's KL-penalised return R = score - β·Σ_t KL_t, one row per prompt.
+
+    scores: (B,), kl, mask: (B, T), rows grouped by prompt (``group`` consecutive rows each) → returns (P, k).
+    """
+    B = scores.shape[0]
+    if group < 2 or B % group:
+        raise ValueError(f"{estimator} needs >= 2 samples per prompt and whole groups; got group={group}, batch={B}")
+    returns = scores - kl_coef * (kl * mask).sum(1)  # (B,)
+    return returns.view(B // group, group)  # (P, k)
+
+
 def rloo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, group: int) -> Tensor:
     """Leave-one-out advantages (RLOO, Ahmadian et al. 2024): each response's KL-penalised return minus the mean return
     of the other responses to the same prompt, on every response token. No value function: with a sparse reward at
@@ -134,13 +146,9 @@ def rloo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, gr
 
     scores: (B,), kl, mask: (B, T), rows grouped by prompt (``group`` consecutive rows each) → advantages (B, T).
     """
-    B = scores.shape[0]
-    if group < 2 or B % group:
-        raise ValueError(f"rloo needs >= 2 samples per prompt and whole groups; got group={group}, batch={B}")
-    returns = scores - kl_coef * (kl * mask).sum(1)  # (B,)
-    g = returns.view(B // group, group)  # (P, k)
+    g = grouped_returns(scores, kl, mask, kl_coef, group, "rloo")  # (P, k)
     baseline = (g.sum(1, keepdim=True) - g) / (group - 1)  # (P, k) mean of the others
-    return (g - baseline).reshape(B, 1) * mask  # (B, T)
+    return (g - baseline).reshape(-1, 1) * mask  # (B, T)
 
 
 def grpo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, group: int,
@@ -154,13 +162,9 @@ def grpo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, gr
 
     scores: (B,), kl, mask: (B, T), rows grouped by prompt (``group`` consecutive rows each) → advantages (B, T).
     """
-    B = scores.shape[0]
-    if group < 2 or B % group:
-        raise ValueError(f"grpo needs >= 2 samples per prompt and whole groups; got group={group}, batch={B}")
-    returns = scores - kl_coef * (kl * mask).sum(1)  # (B,)
-    g = returns.view(B // group, group)  # (P, k)
+    g = grouped_returns(scores, kl, mask, kl_coef, group, "grpo")  # (P, k)
     mean, std = g.mean(1, keepdim=True), g.std(1, keepdim=True)  # (P, 1), (P, 1)
-    return ((g - mean) / (std + eps)).reshape(B, 1) * mask  # (B, T)
+    return ((g - mean) / (std + eps)).reshape(-1, 1) * mask  # (B, T)
 
 
 # ---------------------------------------------------------------------------------------------- losses

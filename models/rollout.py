@@ -24,7 +24,6 @@ class Rollout:
     response_mask: Tensor  # (B, R) float, 1 up to and including the first EOS
     has_eos: Tensor  # (B,) bool, the response ended with EOS (else it was cut at max_new_tokens)
     completions: list[str]  # decoded responses without special tokens
-    logprobs: Tensor | None = None  # (B, R) log π_old(a_t|s_t) under the sampling temperature, if asked for
 
     @property
     def input_ids(self) -> Tensor:  # (B, P + R)
@@ -73,7 +72,7 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_p: float = 1.0, with_logprobs: bool = False) -> Rollout:
+                 top_p: float = 1.0) -> Rollout:
         device = next(self.ac.parameters()).device
         query, qmask = encode_prompts(self.tokenizer, prompts, self.max_prompt_len, device)
         with self.ac.role("policy"):
@@ -82,17 +81,12 @@ class HFRolloutEngine:
                 top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, use_cache=True,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
             )
-        rollout = finish(self.tokenizer, query, qmask, out[:, query.shape[1]:])
-        if with_logprobs:
-            logprobs, _, _ = self.ac(rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
-                                     temperature or 1.0)
-            rollout.logprobs = logprobs
-        return rollout
+        return finish(self.tokenizer, query, qmask, out[:, query.shape[1]:])
 
 
 class VLLMRolloutEngine:
     """vLLM with LoRA hot-loading: each call saves the current policy adapter to a NEW folder and uses a NEW
-    ``LoRARequest`` id (vLLM silently serves the old weights when an id is reused; see FACTS.md)."""
+    ``LoRARequest`` id (vLLM silently serves the old weights when an id is reused)."""
 
     def __init__(self, actor_critic, tokenizer, base_path: str, max_prompt_len: int = 256, **llm_kwargs):
         try:
@@ -107,7 +101,7 @@ class VLLMRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_p: float = 1.0, with_logprobs: bool = False) -> Rollout:  # pragma: no cover - needs vLLM
+                 top_p: float = 1.0) -> Rollout:  # pragma: no cover - needs vLLM
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
@@ -124,7 +118,4 @@ class VLLMRolloutEngine:
         for i, o in enumerate(outs):
             responses[i, :len(o.outputs[0].token_ids)] = torch.tensor(o.outputs[0].token_ids)
         device = next(self.ac.parameters()).device
-        rollout = finish(self.tokenizer, query.to(device), qmask.to(device), responses.to(device))
-        if with_logprobs:
-            rollout.logprobs, _, _ = self.ac(rollout.input_ids, rollout.attention_mask, width, temperature or 1.0)
-        return rollout
+        return finish(self.tokenizer, query.to(device), qmask.to(device), responses.to(device))

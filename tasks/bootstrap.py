@@ -17,7 +17,7 @@ from prefect import task
 from flywheel.config import FlywheelConfig
 from flywheel.records import Release, Validation, WarmStart
 from flywheel.registry import Registry
-from flywheel.retries import failed_transiently
+from flywheel.retries import retry_on_transient_io
 from flywheel.snapshots import Example
 
 if TYPE_CHECKING:
@@ -48,9 +48,6 @@ def existing_champion(cfg: FlywheelConfig) -> tuple[int, str] | None:
     return version, str(folder)
 
 
-def retry_on_registry_io(task, task_run, state) -> bool:
-    """Retry when the MLflow server could not be reached, never on a refused registration."""
-    return failed_transiently(state)
 
 
 @task(name="build_base_model")
@@ -93,7 +90,7 @@ def sft_warm_start(cfg: FlywheelConfig, clean: Validation, base_model: str, epoc
                      losses=result.losses, run_id=run.info.run_id)
 
 
-@task(name="register_champion", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_on_registry_io)
+@task(name="register_champion", retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_on_transient_io)
 def register_champion(cfg: FlywheelConfig, warm: WarmStart) -> Release:
     """Register the warm start (first version, lineage from its record) and give it the ``champion`` alias."""
     return Registry.from_config(cfg).release(

@@ -19,7 +19,7 @@ from flywheel.config.release import ServeConfig
 from flywheel.golden_set import read_golden_set
 from flywheel.records import Deployment, Release
 from flywheel.registry import PromotionError, Registry
-from flywheel.retries import failed_transiently
+from flywheel.retries import retry_on_transient_io
 from flywheel.serving import (
     CheckFn,
     adapter_name,
@@ -101,12 +101,9 @@ def registry_rollback(registry: Registry, version: int, why: str) -> Callable[[]
     return rollback
 
 
-def retry_on_serving_io(task, task_run, state) -> bool:
-    """Retry when the server or the registry could not be reached, never on a failed smoke test or a bad config."""
-    return failed_transiently(state)
 
 
-@task(name="deploy_champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_serving_io)
+@task(name="deploy_champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_transient_io)
 def deploy_champion(cfg: FlywheelConfig, release: Release | None, *, prompts_file: str | Path | None = None,
                     check: CheckFn | None = None, url: str | None = None) -> Deployment:
     """Hot-load the registry's champion into the running server and smoke-test it; unload + roll back on failure.

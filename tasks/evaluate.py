@@ -204,7 +204,7 @@ def run_evaluation(cfg: FlywheelConfig, candidate_uri: str | Path, scores: Score
         candidate_run_id=candidate_run_id, log_run=evaluation_run_logger(registry, f"evaluate-{stamp}", tags))
 
 
-@task(name="evaluate_candidate", task_run_name="evaluate-{candidate.adapter_uri}")
+@task(name="evaluate_candidate")
 def evaluate_candidate(cfg: FlywheelConfig, candidate: Candidate, scores: Scores) -> Evaluation:
     """Candidate vs champion (or base) on the scored snapshot's newest rows: CIs, win-rate, KL, gates, decision.
 

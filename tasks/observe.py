@@ -34,7 +34,7 @@ from prefect.tasks import exponential_backoff
 from flywheel.config.data import SourceConfig
 from flywheel.logparse import RAW_SCHEMA, parse_object
 from flywheel.records import Observation
-from flywheel.retries import failed_transiently
+from flywheel.retries import retry_on_transient_io
 from flywheel.sources import LogSource, ObjectRef, log_partition, open_source, read_and_parse
 
 # Parquet dictionary encoding only where values repeat: trying it on messages/completions costs time, saves nothing.
@@ -300,13 +300,10 @@ def _progress(enabled: bool, total: int) -> _NoProgress | _ProgressBar:
 # ---------------------------------------------------------------- tasks
 
 
-def retry_on_transient_io(task, task_run, state) -> bool:
-    """Prefect retry condition: retry a transient I/O failure (S3, network, disk), never bad data or a bug."""
-    return failed_transiently(state)
 
 
 @task(name="observe_logs", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient_io, task_run_name="observe-{source.uri}")
+      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient_io)
 def observe_logs(source: SourceConfig, state_dir: str | Path) -> Observation:
     """Read the new log objects of ``source`` into a raw snapshot (manifest committed later by ``commit_observed``)."""
     return observe(source, state_dir, commit=False)

@@ -15,18 +15,15 @@ from prefect.tasks import exponential_backoff
 from flywheel.config import FlywheelConfig
 from flywheel.records import Candidate, Evaluation, Release
 from flywheel.registry import Registry
-from flywheel.retries import failed_transiently
+from flywheel.retries import retry_on_transient_io
 
 REPORT_ARTIFACTS = ["evaluation/report.json", "evaluation/report.html"]  # logged by the evaluate stage in its run
 
 
-def retry_on_registry_io(task, task_run, state) -> bool:
-    """Retry when the MLflow server could not be reached, never on a rejected or invalid promotion."""
-    return failed_transiently(state)
 
 
 @task(name="promote_candidate", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_condition_fn=retry_on_registry_io)
+      retry_condition_fn=retry_on_transient_io)
 def promote_candidate(cfg: FlywheelConfig, candidate: Candidate, evaluation: Evaluation) -> Release:
     """Register ``candidate`` with its lineage and ``evaluation``'s summary; ``champion`` moves only if it passed."""
     if Path(evaluation.candidate_uri).resolve() != Path(candidate.adapter_uri).resolve():

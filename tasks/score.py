@@ -48,7 +48,8 @@ def prompts_of(df) -> list[list[dict]]:
 
 def context_of(df) -> dict[str, list]:
     """Per-row columns the graders may read: feedback fields, references, anything else in the snapshot."""
-    ctx = {c: [None if _isna(v) else v for v in df[c].tolist()] for c in df.columns if c not in ("messages", "completion")}
+    ctx = {c: [None if _isna(v) else v for v in df[c].tolist()]
+           for c in df.columns if c not in ("messages", "completion")}
     for f in FEEDBACK_FIELDS:
         ctx.setdefault(f, [None] * len(df))
     return ctx

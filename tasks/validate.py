@@ -388,7 +388,7 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     return validation
 
 
-@task(name="validate_snapshot", task_run_name="validate-{observation.snapshot_hash}")
+@task(name="validate_snapshot")
 def validate_snapshot(observation: Observation, cfg: ValidateConfig, state_dir: str | Path) -> Validation:
     """Enforce the contract on the observed snapshot; raises ``GateFailed`` (naming the gate) to stop the flow."""
     if not observation.new_data or observation.snapshot_uri is None:

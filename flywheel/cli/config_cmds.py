@@ -15,7 +15,7 @@ def check(file: Path = typer.Argument(..., help="YAML config file.")) -> None:
         load_config(file)
     except ConfigError as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"{file}: OK")
 
 
@@ -28,7 +28,7 @@ def show(file: Path = typer.Argument(None, help="YAML config file; omitted = emb
         cfg = load_config(file)
     except ConfigError as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(render_config(cfg), nl=False)
 
 

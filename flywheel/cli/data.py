@@ -32,8 +32,8 @@ def demo_data(
     from demo.logs import generate_logs
 
     try:
-        summary = generate_logs(get_task(task), out, days=days, rows_per_day=rows_per_day, seed=seed, defect_rate=defect_rate,
-                                start_date=start_date, fmt=fmt)
+        summary = generate_logs(get_task(task), out, days=days, rows_per_day=rows_per_day, seed=seed,
+                                defect_rate=defect_rate, start_date=start_date, fmt=fmt)
     except ValueError as e:
         _fail(f"demo-data: {e}")
     if as_json:

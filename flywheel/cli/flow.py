@@ -38,7 +38,7 @@ def _config(config: Path | None, state: Path | None = None, source: str | None =
         return load_config(config, overrides={"project.state_dir": str(state) if state else None, "source.uri": source})
     except ConfigError as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 def _fail(message: str) -> None:

@@ -59,7 +59,8 @@ def score(
     typer.echo(f"reward spec {rec.spec_hash[:16]} ({rec.spec_uri}), policy: {rec.policy}")
     for name, mean in rec.means.items():
         miss = rec.missing.get(name, 0)
-        typer.echo(f"  {name:<16} mean {'n/a' if mean is None else f'{mean:+.3f}'}" + (f"  missing {miss}" if miss else ""))
+        shown = "n/a" if mean is None else f"{mean:+.3f}"
+        typer.echo(f"  {name:<16} mean {shown}" + (f"  missing {miss}" if miss else ""))
     if rec.reward_model_uri:
         state_word = "trained" if rec.reward_model_refreshed else "reused"
         m = rec.reward_model_metrics

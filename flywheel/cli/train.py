@@ -29,7 +29,7 @@ def make_tiny_model(
         texts = read_corpus(corpus)
     except (ValueError, UnicodeDecodeError) as e:
         typer.echo(f"--corpus: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if hidden_size % heads:
         typer.echo(f"--hidden-size {hidden_size} must be a multiple of --heads {heads}", err=True)
         raise typer.Exit(1)

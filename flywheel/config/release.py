@@ -1,4 +1,4 @@
-"""Config of evaluate (gates, monitors), promote (registry), serve (vLLM, deploy smoke test) and the nightly schedule."""
+"""Config of evaluate (gates, monitors), promote (registry), serve (vLLM, deploy smoke test), nightly schedule."""
 from __future__ import annotations
 
 from pathlib import Path

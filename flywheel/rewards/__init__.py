@@ -1,1 +1,1 @@
-"""Rewards: rule, KPI, LLM-judge and reward-model graders, composed into one weighted reward (DESIGN.md §3)."""
+"""Rewards: rule, KPI, LLM-judge and reward-model graders, composed into one weighted reward."""

@@ -51,7 +51,8 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def weighted_total(columns: dict[str, np.ndarray], specs: list[ComponentSpec], missing: str = "renormalize") -> np.ndarray:
+def weighted_total(columns: dict[str, np.ndarray], specs: list[ComponentSpec],
+                   missing: str = "renormalize") -> np.ndarray:
     """Weighted sum of the normalised columns, with missing components handled as documented above."""
     if not specs:
         raise ValueError("weighted_total: no components")

@@ -68,7 +68,8 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
         raise ValueError(f"{path}: a rubric starts with front matter (---, name, score_range: [lo, hi], ---)")
     meta = yaml.safe_load(m.group(1)) or {}
     rng = meta.get("score_range")
-    if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng) and rng[0] < rng[1]):
+    numbers = isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, (int, float)) for x in rng)
+    if not (numbers and rng[0] < rng[1]):
         raise ValueError(f"{path}: score_range must be [low, high] with low < high, got {rng!r}")
     return Rubric(name=str(meta.get("name", path.stem)), text=m.group(2).strip(), low=float(rng[0]), high=float(rng[1]))
 

@@ -89,7 +89,8 @@ def training_set(df, prompts: list[list[dict]], label_fields: list[str]) -> Trai
     return TrainingSet(keep, [labels[i] for i in keep], groups, ids)
 
 
-def preference_pairs(labels: list[float | None], groups: list[str], idx: list[int], per_group: int = 4) -> list[tuple[int, int]]:
+def preference_pairs(labels: list[float | None], groups: list[str], idx: list[int],
+                     per_group: int = 4) -> list[tuple[int, int]]:
     """(good, bad) index pairs among ``idx`` sharing a prompt group, at most ``per_group`` per group."""
     by_group: dict[str, list[int]] = {}
     for i in idx:
@@ -266,7 +267,8 @@ def refresh_reward_model(cfg, df, prompts: list[list[dict]], allow_training: boo
     new = len(set(ts.request_ids) - seen)
     enough = len(ts.labels) >= rcfg.min_labels and new >= (rcfg.refresh_min_new_labels if current else 1)
     if allow_training and enough:
-        folder = root / f"rm-{time.strftime('%Y%m%d-%H%M%S')}-{hashlib.sha256(str(sorted(ts.request_ids)).encode()).hexdigest()[:8]}"
+        ids_hash = hashlib.sha256(str(sorted(ts.request_ids)).encode()).hexdigest()[:8]
+        folder = root / f"rm-{time.strftime('%Y%m%d-%H%M%S')}-{ids_hash}"
         folder, metrics = train_on_snapshot(cfg, df, prompts, folder, progress)
         version = log_and_register(cfg, folder, metrics)
         root.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ def test_tasks_wrap_observe_and_validate(demo_logs, state_dir):
 def test_retry_condition_is_io_only():
     from botocore.exceptions import EndpointConnectionError
 
-    from tasks.observe import commit_observed, observe_logs, retry_on_transient_io
+    from flywheel.retries import retry_on_transient_io
+    from tasks.observe import commit_observed, observe_logs
 
     assert observe_logs.retry_condition_fn is retry_on_transient_io is commit_observed.retry_condition_fn
     assert retry_on_transient_io(None, None, Failed(data=ConnectionResetError()))

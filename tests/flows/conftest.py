@@ -71,12 +71,11 @@ def prefect_server(tmp_path_factory):
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    log = open(tmp_path / "prefect-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/health", 120, proc)
-        yield env["PREFECT_API_URL"], env
-    finally:
-        stop(proc)
-        log.close()
+    with open(tmp_path / "prefect-server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                 str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/api/health", 120, proc)
+            yield env["PREFECT_API_URL"], env
+        finally:
+            stop(proc)

@@ -149,7 +149,8 @@ def test_flows_ui_serves_prefect_and_mlflow_with_the_registered_model(fast_demo,
     p_port, m_port = port(), port()
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "flywheel"), "ui", "--config", str(out / "flywheel.yaml"),
+    cli = str(Path(sys.executable).parent / "flywheel")
+    proc = subprocess.Popen([cli, "ui", "--config", str(out / "flywheel.yaml"),
                              "--prefect-port", str(p_port), "--mlflow-port", str(m_port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

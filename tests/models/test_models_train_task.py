@@ -82,7 +82,8 @@ def test_a_night_without_a_train_section_logs_the_default_recipe(tiny_base, tiny
     assert "train" not in cfg.model_fields_set
     scored = write_scored(tiny_task, state_dir / "scored.parquet", n=60)
     out = run_train(cfg, scores_record(scored, state_dir), reward_fn=intent_reward, base_model=str(tiny_base))
-    params = mlflow.tracking.MlflowClient(f"sqlite:///{state_dir.resolve() / 'mlflow.db'}").get_run(out.run_id).data.params
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{state_dir.resolve() / 'mlflow.db'}")
+    params = client.get_run(out.run_id).data.params
     defaults = PPOConfig()
     assert (defaults.advantage, defaults.temperature, defaults.samples_per_prompt) == ("rloo", 0.7, 4)
     for key in ("advantage", "temperature", "samples_per_prompt", "ppo_epochs", "num_minibatches", "batch_size",

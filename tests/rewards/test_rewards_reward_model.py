@@ -1,5 +1,6 @@
 """Reward model trained on the demo logs' noisy feedback: held-out AUC, folder format, normalisation, encoder option."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,10 +61,10 @@ def test_folder_format_and_normalised_scores(trained, demo_logs):
 
     folder, metrics, df = trained
     head = load_file(f"{folder}/score_head.safetensors")
-    meta = json.loads(open(f"{folder}/reward_model.json").read())
+    meta = json.loads(Path(f"{folder}/reward_model.json").read_text())
     assert set(head) == {"weight", "bias"} and head["weight"].shape[0] == 1 and head["bias"].shape == (1,)
     assert meta["backbone"] == "causal_lm" and meta["max_length"] == 64 and {"mean", "std", "base_model"} <= set(meta)
-    assert (json.loads(open(f"{folder}/adapter/adapter_config.json").read())["peft_type"]) == "LORA"
+    assert (json.loads(Path(f"{folder}/adapter/adapter_config.json").read_text())["peft_type"]) == "LORA"
 
     scorer = RewardModelScorer(folder)
     scores = np.array(scorer(prompts_of(df), list(df["completion"])))
@@ -82,8 +83,9 @@ def test_bradley_terry_pairs_and_splits():
     labels = [1.0, 0.0, 0.0, 1.0, 1.0, None]
     groups = ["p", "p", "p", "q", "r", "r"]
     assert preference_pairs(labels, groups, list(range(6))) == [(0, 1), (0, 2)]
-    train, test = split_groups(["a", "a", "b", "c", "c", "d"] * 5, 0.25, 0)
-    assert not {["a", "a", "b", "c", "c", "d"][i % 6] for i in train} & {["a", "a", "b", "c", "c", "d"][i % 6] for i in test}
+    names = ["a", "a", "b", "c", "c", "d"]
+    train, test = split_groups(names * 5, 0.25, 0)
+    assert not {names[i % 6] for i in train} & {names[i % 6] for i in test}
 
 
 @pytest.mark.slow
@@ -101,8 +103,8 @@ def test_minilm_encoder_backbone(tmp_path):
     )
     tok = AutoTokenizer.from_pretrained(minilm_path())
     texts = [format_input(tok, [], c) for c in ["refund please: refund", "refund please: track_order"] * 8]
-    res = train_reward_model(minilm_path(), texts, [1.0, 0.0] * 8, [(0, 1), (2, 3)],
-                             RewardModelTrainConfig(epochs=3, batch_size=8, max_length=16, lora_r=4, learning_rate=5e-3))
+    cfg = RewardModelTrainConfig(epochs=3, batch_size=8, max_length=16, lora_r=4, learning_rate=5e-3)
+    res = train_reward_model(minilm_path(), texts, [1.0, 0.0] * 8, [(0, 1), (2, 3)], cfg)
     assert res.kind == "encoder" and res.losses[-1] < res.losses[0]
     folder = save_reward_model(res, tmp_path / "rm", minilm_path(), 16)
     s = RewardModelScorer(folder)([[]] * 2, ["refund please: refund", "refund please: track_order"])

@@ -63,7 +63,8 @@ def test_rule_config_errors_name_the_key():
         rules.exact_match()([[]], ["x"])
 
 
-@pytest.mark.parametrize("text", ["", "   ", "...", "?!", "Thought process:", "Solution", "Let's solve this problem step by step.", "解"])
+@pytest.mark.parametrize("text", ["", "   ", "...", "?!", "Thought process:", "Solution",
+                                  "Let's solve this problem step by step.", "解"])
 def test_degenerate_answers_are_caught(text):
     assert rules.degenerate_reason(text) is not None
 

@@ -1,6 +1,7 @@
 """The score stage end to end: scored Parquet, spec hash, reward model refresh/reuse, cached judge, online reward."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,8 @@ def test_judge_stage_scores_caches_and_reuses(state_dir, tmp_path, demo_snapshot
     rec = run_judge(cfg, str(snap))
 
     scored = pd.read_parquet(rec.scored_uri)
-    cols = ["reward_format", "reward_order_id", "reward_reward_model", "reward_kpi", "reward_helpfulness", "reward_total"]
+    cols = ["reward_format", "reward_order_id", "reward_reward_model", "reward_kpi", "reward_helpfulness",
+            "reward_total"]
     assert set(cols) <= set(scored.columns) and len(scored) == 240 == rec.rows
     assert set(scored["reward_format"].unique()) <= {0.0, 1.0}
     assert rec.reward_model_refreshed and rec.reward_model_version == "1" and rec.policy == "reward_model"
@@ -57,8 +59,9 @@ def test_judge_stage_scores_caches_and_reuses(state_dir, tmp_path, demo_snapshot
     assert scored.loc[scored["completion"].str.contains("order_id") & (scored["reward_order_id"] == 1.0)].shape[0] > 0
     # KPI: the sign follows resolved where present
     res = scored.dropna(subset=["resolved"])
-    assert (res.loc[res["resolved"] == True, "reward_kpi"] > res.loc[res["resolved"] == False, "reward_kpi"].max() - 1).all()
-    spec = json.loads(open(rec.spec_uri).read())
+    worst_unresolved = res.loc[res["resolved"].eq(False), "reward_kpi"].max()
+    assert (res.loc[res["resolved"].eq(True), "reward_kpi"] > worst_unresolved - 1).all()
+    spec = json.loads(Path(rec.spec_uri).read_text())
     assert spec["hash"] == rec.spec_hash and spec["reward_model"]["version"] == "1" and "helpfulness" in spec["rubrics"]
     calls = s.calls
     assert calls > 0 and rec.judge_requests == calls
@@ -100,7 +103,8 @@ def test_judge_failures_follow_config(state_dir, tmp_path, demo_snapshot, replay
                                        "rewards.judge": {"base_url": s.base_url, "backoff_s": 0.01}})
     rec = run_judge(cfg, str(snap))
     scored = pd.read_parquet(rec.scored_uri)
-    pre = scored["completion"].map(lambda c: __import__("flywheel.rewards.rules", fromlist=["x"]).degenerate_reason(c) is not None)
+    from flywheel.rewards.rules import degenerate_reason
+    pre = scored["completion"].map(lambda c: degenerate_reason(c) is not None)
     assert scored.loc[~pre, "reward_helpfulness"].isna().all() and rec.missing["helpfulness"] == int((~pre).sum())
     # missing judge → the total uses the rule alone, never a silent zero
     assert (scored.loc[~pre, "reward_total"] == scored.loc[~pre, "reward_format"] * 2).all()
@@ -120,7 +124,8 @@ def test_too_few_labels_means_no_reward_model_and_missing_component(state_dir, t
     scored = pd.read_parquet(rec.scored_uri)
     assert scored["reward_total"].notna().all()
     fn = build_online_reward(cfg, rec)
-    assert len(fn([[{"role": "user", "content": "refund 123456"}]], ['{"intent": "refund", "order_id": "123456"}'])) == 1
+    assert len(fn([[{"role": "user", "content": "refund 123456"}]],
+                  ['{"intent": "refund", "order_id": "123456"}'])) == 1
 
 
 def test_stage_errors_name_what_is_wrong(state_dir, tmp_path, demo_snapshot):
