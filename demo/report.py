@@ -1,4 +1,4 @@
-"""The demo's summary: a table on the terminal, ``report.json`` and ``report.html`` (reward curves, per-component results).
+"""The demo's summary: a table on the terminal, ``report.json`` and ``report.html`` (champion gold path, reward curves).
 
 Input is plain data (one dict per night, built by ``flows.demo`` from the nightly flow's records), so this module
 knows nothing about Prefect, MLflow or torch.
@@ -8,8 +8,15 @@ knows nothing about Prefect, MLflow or torch.
     {"nights": [{"night": 1, "day": "2026-11-24", "rows_in": ..., "rows_clean": ..., "rows_quarantined": ...,
                  "champion_reward": ..., "candidate_reward": ..., "candidate_ci": [lo, hi], "promoted": true,
                  "champion_version": "2", "gates": [...], "reward_curve": [...], "components": {...},
-                 "gold_accuracy": {"champion": ..., "candidate": ...}, "seconds": ...}, ...],
-     "bootstrap": {...}, "timing": {...}}
+                 "gold_accuracy": {"champion": ..., "candidate": ...,            # on the night's held-out prompts
+                                   "champion_after": ..., "champion_after_ci": [lo, hi],  # on the yardstick
+                                   "candidate_yardstick": ..., "per_kind": {...}}, "seconds": ...}, ...],
+     "bootstrap": {..., "gold_accuracy": {"accuracy", "ci", "per_kind", "n"}},  # the day-0 champion, yardstick
+     "gold_yardstick": {"day", "n", "production": {...}},  # the last day's held-out prompts; production's accuracy
+     "goals": [{"name", "met", "detail"}, ...], "timing": {...}}
+
+The yardstick is one fixed prompt set (the newest held-out prompts of the last day, never trained on), so the
+champion's path day 0 -> night 1 -> night 2 compares like with like; ``goals`` says which demo goals the run met.
 """
 from __future__ import annotations
 
@@ -37,6 +44,22 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def short_reason(night: dict, width: int = 60) -> str:
+    """Why the night promoted or kept: the reward gain's CI when every gate passed, else the failed gates by name
+    with their values (the full sentence is ``reason``), cut to ``width`` characters."""
+    gates = night.get("gates") or []
+    failed = [g for g in gates if not g.get("passed")]
+    if night.get("promoted"):
+        ci = night.get("gain_ci")
+        text = (f"all gates passed; gain CI [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci and len(ci) == 2 and None not in ci
+                else "all gates passed")
+    elif failed:
+        text = "failed " + ", ".join(f"{g.get('name')} {_fmt(g.get('value'), 4)}" for g in failed)
+    else:
+        text = str(night.get("reason") or night.get("status") or "-")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def summary_rows(nights: list[dict]) -> list[list[str]]:
     """One row of strings per night, in the order of :data:`TABLE_HEADER`."""
     rows = []
@@ -46,29 +69,120 @@ def summary_rows(nights: list[dict]) -> list[list[str]]:
             str(n["night"]), n.get("day", "-"), str(n["rows_in"]), str(n["rows_clean"]), str(n["rows_quarantined"]),
             _fmt(n["champion_reward"]), _fmt(n["candidate_reward"]), _fmt(n["candidate_ci"]),
             f"{_fmt(gold.get('champion'), 1)} -> {_fmt(gold.get('candidate'), 1)}" if gold else "-",
-            "promoted" if n["promoted"] else "kept champion", f"v{n['champion_version']}",
+            "promoted" if n["promoted"] else "kept champion", f"v{n['champion_version']}", short_reason(n),
         ])
     return rows
 
 
 TABLE_HEADER = ["night", "day", "rows in", "clean", "quarant.", "champion R", "candidate R", "candidate 95% CI",
-                "gold % champ->cand", "decision", "champion"]
+                "gold % champ->cand", "decision", "champion", "why"]
 
 
-def print_summary(nights: list[dict], console=None) -> None:
-    """The summary table (rich) on the terminal."""
+def champion_path(report: dict) -> list[dict]:
+    """The champion's gold accuracy on the fixed yardstick: day 0, then after each night's decision.
+
+    Each point: ``label``, ``accuracy``, ``ci``, ``per_kind``, ``version``. Reports without the yardstick (older
+    runs) fall back to each night's own held-out numbers.
+    """
+    nights = report.get("nights") or []
+    boot = (report.get("bootstrap") or {}).get("gold_accuracy")
+    points = []
+    if boot:
+        points.append({"label": "day 0", "accuracy": boot.get("accuracy"), "ci": boot.get("ci"),
+                       "per_kind": boot.get("per_kind") or {},
+                       "version": (report.get("bootstrap") or {}).get("champion_version")})
+    elif nights and (nights[0].get("gold_accuracy") or {}).get("champion") is not None:
+        g = nights[0]["gold_accuracy"]
+        points.append({"label": "day 0", "accuracy": g.get("champion"), "ci": g.get("champion_ci"),
+                       "per_kind": (g.get("per_kind") or {}).get("champion") or {}, "version": None})
+    for n in nights:
+        g = n.get("gold_accuracy") or {}
+        if not g:
+            continue
+        pk = g.get("per_kind") or {}
+        if "champion_after" in g:
+            acc, ci, kinds = g["champion_after"], g.get("champion_after_ci"), pk.get("champion_after")
+        elif g.get("promoted"):
+            acc, ci, kinds = g.get("candidate"), g.get("candidate_ci"), pk.get("candidate")
+        else:
+            acc, ci, kinds = g.get("champion"), g.get("champion_ci"), pk.get("champion")
+        points.append({"label": f"night {n['night']}", "accuracy": acc, "ci": ci, "per_kind": kinds or {},
+                       "version": n.get("champion_version"), "candidate": g.get("candidate_yardstick"),
+                       "candidate_ci": g.get("candidate_yardstick_ci"), "promoted": bool(n.get("promoted"))})
+    return points
+
+
+GOAL_GAIN_POINTS = 15.0  # champion gold after the last night >= day-0 champion + this
+GOAL_NEAR_PRODUCTION = 10.0  # day-0 champion within this many points of production on the kinds it gets right
+GOAL_WALL_S, GOAL_PREFECT_SHARE = 600.0, 0.10
+
+
+def goal_checks(report: dict) -> list[dict]:
+    """The demo's goals, each ``{"name", "met", "detail"}``, measured (``met`` None where the report lacks the data)."""
+    out = []
+    path = champion_path(report)
+    prod = (report.get("gold_yardstick") or {}).get("production") or {}
+    if path and prod.get("per_kind"):
+        right = [k for k, v in prod["per_kind"].items() if v >= 80]
+        gaps = {k: round(path[0]["per_kind"].get(k, 0.0) - prod["per_kind"][k], 1) for k in right}
+        out.append({"name": "day-0 champion imitates production",
+                    "met": bool(gaps) and min(gaps.values()) >= -GOAL_NEAR_PRODUCTION,
+                    "detail": "day-0 champion minus production on the kinds production gets right (>= 80 %): "
+                              + ", ".join(f"{k} {v:+.1f}" for k, v in gaps.items()) + " points"})
+    nights = report.get("nights") or []
+    if nights:
+        n1 = nights[0]
+        g = n1.get("gold_accuracy") or {}
+        lo = (n1.get("gain_ci") or [None])[0]
+        higher = g.get("candidate") is not None and g.get("champion") is not None and g["candidate"] > g["champion"]
+        out.append({"name": "night 1 promotes a better candidate",
+                    "met": bool(n1.get("promoted")) and lo is not None and lo > 0 and higher,
+                    "detail": f"{n1.get('decision') or ('promoted' if n1.get('promoted') else 'kept')}; reward gain "
+                              f"CI low {_fmt(lo, 4)}; gold {_fmt(g.get('champion'), 1)} -> "
+                              f"{_fmt(g.get('candidate'), 1)} %"
+                              + ("" if n1.get("promoted") else f"; {short_reason(n1, 80)}")})
+    if len(path) >= 2 and path[0]["accuracy"] is not None and path[-1]["accuracy"] is not None:
+        gain = path[-1]["accuracy"] - path[0]["accuracy"]
+        out.append({"name": f"champion gold +{GOAL_GAIN_POINTS:.0f} points by the last night",
+                    "met": gain >= GOAL_GAIN_POINTS,
+                    "detail": " -> ".join(f"{p['label']} {_fmt(p['accuracy'], 1)} %" for p in path)
+                              + f" ({gain:+.1f} points)"})
+    timing = report.get("timing") or {}
+    if "total_s" in timing:
+        out.append({"name": f"wall time <= {GOAL_WALL_S:.0f} s", "met": timing["total_s"] <= GOAL_WALL_S,
+                    "detail": f"{timing['total_s']:.0f} s"})
+    if "prefect_overhead_share" in timing:
+        share = timing["prefect_overhead_share"]
+        out.append({"name": f"Prefect overhead <= {100 * GOAL_PREFECT_SHARE:.0f} %", "met": share <= GOAL_PREFECT_SHARE,
+                    "detail": f"{100 * share:.1f} % of the flows' wall time"})
+    return out
+
+
+def print_summary(nights: list[dict], console=None, report: dict | None = None) -> None:
+    """The summary table (rich) on the terminal; with ``report``, the champion's gold path and the goals too."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    if console.width < 132:
-        console = Console(width=132)
+    if console.width < 180:
+        console = Console(width=180)  # the table with its "why" column; a narrower terminal wraps it
     table = Table(title="rl-flywheel demo: nightly runs (R = mean online reward on held-out newest prompts)")
     for h in TABLE_HEADER:
         table.add_column(h, justify="right" if h not in ("day", "decision") else "left")
     for row in summary_rows(nights):
         table.add_row(*row)
     console.print(table)
+    if report is None:
+        return
+    path = champion_path(report)
+    if path:
+        console.print("champion gold accuracy (95 % CI) on the fixed yardstick: "
+                      + " -> ".join(f"{p['label']} {_fmt(p['accuracy'], 1)} % {_fmt(p['ci'])}" for p in path))
+    if report.get("fast") and report.get("goals"):
+        console.print("  (--fast: a smoke test at test sizes; the goals below are the full demo's)")
+    for g in report.get("goals") or []:
+        mark = "-" if g["met"] is None else ("met" if g["met"] else "NOT met")
+        console.print(f"  goal {g['name']}: {mark} ({g['detail']})")
 
 
 def check_night(night: dict) -> None:
@@ -134,18 +248,57 @@ def _plots(report: dict) -> list[tuple[str, str]]:
         out.append(("Per-component results (mean, 95 % CI)", _png(fig)))
         plt.close(fig)
 
-    gold = [(n["night"], n.get("gold_accuracy") or {}) for n in nights]
-    if any(g for _, g in gold):
-        fig, ax = plt.subplots(figsize=(5, 3))
-        labels = ["day-0 champion"] + [f"after night {k}" for k, _ in gold]
-        first = gold[0][1].get("champion")
-        values = [first] + [g.get("champion_after", g.get("candidate") if g.get("promoted") else g.get("champion"))
-                            for _, g in gold]
-        ax.bar(labels, [v if v is not None else 0 for v in values], color="#37a")
-        ax.set_ylabel("gold accuracy on held-out prompts (%)")
+    path = champion_path(report)
+    prod = (report.get("gold_yardstick") or {}).get("production") or {}
+    if path:
+        fig, ax = plt.subplots(figsize=(5.5, 3.2))
+        xs = list(range(len(path)))
+        accs = [p["accuracy"] if p["accuracy"] is not None else float("nan") for p in path]
+        cis = [p["ci"] if p.get("ci") and len(p["ci"]) == 2 else (a, a) for p, a in zip(path, accs)]
+        ax.errorbar(xs, accs, yerr=[[a - c[0] for a, c in zip(accs, cis)], [c[1] - a for a, c in zip(accs, cis)]],
+                    marker="o", capsize=4, color="#37a", label="champion")
+        for x, p, a in zip(xs, path, accs):
+            ax.annotate(f"{a:.1f}" + (f" (v{p['version']})" if p.get("version") else ""), (x, a),
+                        textcoords="offset points", xytext=(6, -12), fontsize=8)
+        cands = [(x, p) for x, p in zip(xs, path) if p.get("candidate") is not None]
+        if cands:
+            cx = [x + 0.08 for x, _ in cands]
+            cy = [p["candidate"] for _, p in cands]
+            cci = [p.get("candidate_ci") or (p["candidate"], p["candidate"]) for _, p in cands]
+            ax.errorbar(cx, cy, yerr=[[y - c[0] for y, c in zip(cy, cci)], [c[1] - y for y, c in zip(cy, cci)]],
+                        fmt="o", mfc="white", capsize=3, color="#2a7", label="night's candidate")
+            for x, (_, p) in zip(cx, cands):
+                ax.annotate("promoted" if p["promoted"] else "rejected", (x, p["candidate"]),
+                            textcoords="offset points", xytext=(6, 4), fontsize=7, color="#2a7")
+        if prod.get("accuracy") is not None:
+            ax.axhline(prod["accuracy"], color="#b55", ls="--", lw=1, label=f"production {prod['accuracy']:.1f} %")
+        ax.set_xticks(xs, [p["label"] for p in path])
+        ax.set_ylabel("gold accuracy (%), 95 % CI")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3, axis="y")
-        out.append(("Champion accuracy against the generator's gold answers", _png(fig)))
+        ax.legend(fontsize=8, loc="lower right")
+        out.append(("Champion accuracy against the generator's gold answers (day 0, after each night)", _png(fig)))
+        plt.close(fig)
+
+    kinds = list(dict.fromkeys(k for p in path for k in (p.get("per_kind") or {})))
+    if kinds:
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(kinds)), 3.2))
+        series = [(p["label"] if p["label"] == "day 0" else f"after {p['label']}", p.get("per_kind") or {})
+                  for p in path]
+        if prod.get("per_kind"):
+            series.append(("production", prod["per_kind"]))
+        width = 0.8 / len(series)
+        colors = ["#9bd", "#59b", "#37a", "#147", "#025"]
+        for i, (label, table) in enumerate(series):
+            color = "#b55" if label == "production" else colors[min(i, len(colors) - 1)]
+            ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(kinds))],
+                   [table.get(k, float("nan")) for k in kinds], width=width, label=label, color=color)
+        ax.set_xticks(list(range(len(kinds))), kinds, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("gold accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, ncol=len(series))
+        out.append(("Champion accuracy per kind (day 0, after each night; production for reference)", _png(fig)))
         plt.close(fig)
     return out
 
@@ -154,7 +307,8 @@ def write_html(report: dict, path: Path) -> Path:
     """A self-contained HTML page: the summary table, gate decisions per night, and the plots (inline PNG)."""
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in summary_rows(report["nights"]))
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                   for row in summary_rows(report["nights"]))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>rl-flywheel demo report</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
@@ -164,6 +318,13 @@ def write_html(report: dict, path: Path) -> Path:
         f"<p>{esc(report.get('description', ''))}</p>",
         f"<table><tr>{head}</tr>{body}</table>",
     ]
+    goals = report.get("goals") or []
+    if goals:
+        parts.append("<h2>Goals</h2><ul>")
+        for g in goals:
+            cls, mark = ("", "-") if g["met"] is None else (("pass", "met") if g["met"] else ("fail", "not met"))
+            parts.append(f"<li class='{cls}'>{esc(g['name'])}: <b>{mark}</b> ({esc(g['detail'])})</li>")
+        parts.append("</ul>")
     for n in report["nights"]:
         parts.append(f"<h3>Night {n['night']} ({esc(str(n.get('day', '')))}): gates</h3><ul>")
         for g in n.get("gates") or []:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from models.policy import load_base, resolve_device
+from models.rollout import encode_prompts, finish, render_prompts
 
 Prompt = list[dict]  # chat messages: [{"role": ..., "content": ...}, ...]
 BASE = "base"
@@ -24,11 +25,11 @@ class AdapterPolicies:
 
     def __init__(self, base_path: str | Path, adapters: dict[str, str | Path], *, batch_size: int,
                  max_new_tokens: int, temperature: float = 0.0, seed: int = 0, device: str = "cpu",
-                 dtype: str = "float32"):
+                 dtype: str = "float32", max_prompt_len: int = 2048):
         if BASE in adapters:
             raise ValueError(f"adapters: {BASE!r} is the bare base model's role, not an adapter name")
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.temperature, self.seed = temperature, seed
+        self.temperature, self.seed, self.max_prompt_len = temperature, seed, max_prompt_len
         self.device = resolve_device(device)
         model, self.tok = load_base(base_path, dtype, str(self.device))  # same tokenizer/pad handling as training
         if adapters:
@@ -51,24 +52,24 @@ class AdapterPolicies:
         return contextlib.nullcontext()
 
     def _prompt_ids(self, prompts: list[Prompt]) -> list[list[int]]:
-        texts = [self.tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        return [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return [self.tok(t, add_special_tokens=False)["input_ids"] for t in render_prompts(self.tok, prompts)]
 
     def generate(self, role: str, prompts: list[Prompt]) -> list[str]:
-        """The role's answer to each prompt (special tokens dropped, whitespace stripped), ``batch_size`` at a time."""
+        """The role's answer to each prompt (special tokens dropped, whitespace stripped), ``batch_size`` at a time.
+
+        Prompts are encoded and answers cut at the first EOS exactly as PPO's rollouts are (``models.rollout``)."""
         tok, sample = self.tok, self.temperature > 0
         if sample:
             torch.manual_seed(self.seed)
         out: list[str] = []
         for i in range(0, len(prompts), self.batch_size):
-            ids = self._prompt_ids(prompts[i:i + self.batch_size])
-            batch = tok.pad({"input_ids": ids}, return_tensors="pt").to(self.device)  # left-padded (b, T)
+            query, qmask = encode_prompts(tok, prompts[i:i + self.batch_size], self.max_prompt_len, self.device)
             with torch.no_grad(), self._role(role):
-                gen = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=sample,
-                                          temperature=self.temperature if sample else None, top_p=None, top_k=None,
-                                          pad_token_id=tok.pad_token_id)
-            new = gen[:, batch["input_ids"].shape[1]:]  # (b, new_tokens)
-            out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+                gen = self.model.generate(input_ids=query, attention_mask=qmask, max_new_tokens=self.max_new_tokens,
+                                          do_sample=sample, temperature=self.temperature if sample else None,
+                                          top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+            answers = finish(tok, query, qmask, gen[:, query.shape[1]:]).completions  # (b,) cut at the first EOS
+            out += [t.strip() for t in answers]
         return out
 
     def _answer_batch(self, prompts: list[Prompt], completions: list[str]):
