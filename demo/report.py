@@ -208,14 +208,31 @@ def _png(fig) -> str:
 
 
 def _plots(report: dict) -> list[tuple[str, str]]:
-    """(title, base64 PNG) pairs: reward curves of each night's PPO, per-component means, gold accuracy."""
+    """(title, base64 PNG) pairs: reward curves of each night's PPO, per-component means, gold accuracy overall and
+    per kind."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    nights = report["nights"]
+    path = champion_path(report)
+    prod = (report.get("gold_yardstick") or {}).get("production") or {}
     out = []
+    for title, draw in (
+            ("Reward curves", lambda: _reward_curves(plt, report["nights"])),
+            ("Per-component results (mean, 95 % CI)", lambda: _components(plt, report["nights"])),
+            ("Champion accuracy against the generator's gold answers (day 0, after each night)",
+             lambda: _gold_path(plt, path, prod)),
+            ("Champion accuracy per kind (day 0, after each night; production for reference)",
+             lambda: _gold_per_kind(plt, path, prod))):
+        fig = draw()
+        if fig is not None:
+            out.append((title, _png(fig)))
+            plt.close(fig)
+    return out
+
+
+def _reward_curves(plt, nights: list[dict]):
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     for n in nights:
         curve = n.get("reward_curve") or []
@@ -227,80 +244,82 @@ def _plots(report: dict) -> list[tuple[str, str]]:
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend()
-    out.append(("Reward curves", _png(fig)))
-    plt.close(fig)
+    return fig
 
+
+def _components(plt, nights: list[dict]):
     comps = sorted({c for n in nights for c in (n.get("components") or {})})
-    if comps:
-        fig, axes = plt.subplots(1, len(nights), figsize=(3.4 * len(nights), 3.2), squeeze=False)
-        for ax, n in zip(axes[0], nights):
-            table = n.get("components") or {}
-            xs = range(len(comps))
-            for off, role, color in ((-0.2, "champion", "#999"), (0.2, "candidate", "#2a7")):
-                means = [table.get(c, {}).get(role, {}).get("mean", float("nan")) for c in comps]
-                errs = [[m - table.get(c, {}).get(role, {}).get("ci", [m, m])[0] for c, m in zip(comps, means)],
-                        [table.get(c, {}).get(role, {}).get("ci", [m, m])[1] - m for c, m in zip(comps, means)]]
-                ax.bar([x + off for x in xs], means, width=0.4, color=color, label=role, yerr=errs, capsize=2)
-            ax.set_xticks(list(xs), comps, rotation=30, ha="right", fontsize=8)
-            ax.set_title(f"night {n['night']}: reward components", fontsize=9)
-            ax.grid(alpha=0.3, axis="y")
-        axes[0][0].legend(fontsize=8)
-        out.append(("Per-component results (mean, 95 % CI)", _png(fig)))
-        plt.close(fig)
-
-    path = champion_path(report)
-    prod = (report.get("gold_yardstick") or {}).get("production") or {}
-    if path:
-        fig, ax = plt.subplots(figsize=(5.5, 3.2))
-        xs = list(range(len(path)))
-        accs = [p["accuracy"] if p["accuracy"] is not None else float("nan") for p in path]
-        cis = [p["ci"] if p.get("ci") and len(p["ci"]) == 2 else (a, a) for p, a in zip(path, accs)]
-        ax.errorbar(xs, accs, yerr=[[a - c[0] for a, c in zip(accs, cis)], [c[1] - a for a, c in zip(accs, cis)]],
-                    marker="o", capsize=4, color="#37a", label="champion")
-        for x, p, a in zip(xs, path, accs):
-            ax.annotate(f"{a:.1f}" + (f" (v{p['version']})" if p.get("version") else ""), (x, a),
-                        textcoords="offset points", xytext=(6, -12), fontsize=8)
-        cands = [(x, p) for x, p in zip(xs, path) if p.get("candidate") is not None]
-        if cands:
-            cx = [x + 0.08 for x, _ in cands]
-            cy = [p["candidate"] for _, p in cands]
-            cci = [p.get("candidate_ci") or (p["candidate"], p["candidate"]) for _, p in cands]
-            ax.errorbar(cx, cy, yerr=[[y - c[0] for y, c in zip(cy, cci)], [c[1] - y for y, c in zip(cy, cci)]],
-                        fmt="o", mfc="white", capsize=3, color="#2a7", label="night's candidate")
-            for x, (_, p) in zip(cx, cands):
-                ax.annotate("promoted" if p["promoted"] else "rejected", (x, p["candidate"]),
-                            textcoords="offset points", xytext=(6, 4), fontsize=7, color="#2a7")
-        if prod.get("accuracy") is not None:
-            ax.axhline(prod["accuracy"], color="#b55", ls="--", lw=1, label=f"production {prod['accuracy']:.1f} %")
-        ax.set_xticks(xs, [p["label"] for p in path])
-        ax.set_ylabel("gold accuracy (%), 95 % CI")
-        ax.set_ylim(0, 100)
+    if not comps:
+        return None
+    fig, axes = plt.subplots(1, len(nights), figsize=(3.4 * len(nights), 3.2), squeeze=False)
+    for ax, n in zip(axes[0], nights):
+        table = n.get("components") or {}
+        xs = range(len(comps))
+        for off, role, color in ((-0.2, "champion", "#999"), (0.2, "candidate", "#2a7")):
+            means = [table.get(c, {}).get(role, {}).get("mean", float("nan")) for c in comps]
+            errs = [[m - table.get(c, {}).get(role, {}).get("ci", [m, m])[0] for c, m in zip(comps, means)],
+                    [table.get(c, {}).get(role, {}).get("ci", [m, m])[1] - m for c, m in zip(comps, means)]]
+            ax.bar([x + off for x in xs], means, width=0.4, color=color, label=role, yerr=errs, capsize=2)
+        ax.set_xticks(list(xs), comps, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"night {n['night']}: reward components", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8, loc="lower right")
-        out.append(("Champion accuracy against the generator's gold answers (day 0, after each night)", _png(fig)))
-        plt.close(fig)
+    axes[0][0].legend(fontsize=8)
+    return fig
 
+
+def _gold_path(plt, path: list[dict], prod: dict):
+    if not path:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    xs = list(range(len(path)))
+    accs = [p["accuracy"] if p["accuracy"] is not None else float("nan") for p in path]
+    cis = [p["ci"] if p.get("ci") and len(p["ci"]) == 2 else (a, a) for p, a in zip(path, accs)]
+    ax.errorbar(xs, accs, yerr=[[a - c[0] for a, c in zip(accs, cis)], [c[1] - a for a, c in zip(accs, cis)]],
+                marker="o", capsize=4, color="#37a", label="champion")
+    for x, p, a in zip(xs, path, accs):
+        ax.annotate(f"{a:.1f}" + (f" (v{p['version']})" if p.get("version") else ""), (x, a),
+                    textcoords="offset points", xytext=(6, -12), fontsize=8)
+    cands = [(x, p) for x, p in zip(xs, path) if p.get("candidate") is not None]
+    if cands:
+        cx = [x + 0.08 for x, _ in cands]
+        cy = [p["candidate"] for _, p in cands]
+        cci = [p.get("candidate_ci") or (p["candidate"], p["candidate"]) for _, p in cands]
+        ax.errorbar(cx, cy, yerr=[[y - c[0] for y, c in zip(cy, cci)], [c[1] - y for y, c in zip(cy, cci)]],
+                    fmt="o", mfc="white", capsize=3, color="#2a7", label="night's candidate")
+        for x, (_, p) in zip(cx, cands):
+            ax.annotate("promoted" if p["promoted"] else "rejected", (x, p["candidate"]),
+                        textcoords="offset points", xytext=(6, 4), fontsize=7, color="#2a7")
+    if prod.get("accuracy") is not None:
+        ax.axhline(prod["accuracy"], color="#b55", ls="--", lw=1, label=f"production {prod['accuracy']:.1f} %")
+    ax.set_xticks(xs, [p["label"] for p in path])
+    ax.set_ylabel("gold accuracy (%), 95 % CI")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _gold_per_kind(plt, path: list[dict], prod: dict):
     kinds = list(dict.fromkeys(k for p in path for k in (p.get("per_kind") or {})))
-    if kinds:
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(kinds)), 3.2))
-        series = [(p["label"] if p["label"] == "day 0" else f"after {p['label']}", p.get("per_kind") or {})
-                  for p in path]
-        if prod.get("per_kind"):
-            series.append(("production", prod["per_kind"]))
-        width = 0.8 / len(series)
-        colors = ["#9bd", "#59b", "#37a", "#147", "#025"]
-        for i, (label, table) in enumerate(series):
-            color = "#b55" if label == "production" else colors[min(i, len(colors) - 1)]
-            ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(kinds))],
-                   [table.get(k, float("nan")) for k in kinds], width=width, label=label, color=color)
-        ax.set_xticks(list(range(len(kinds))), kinds, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("gold accuracy (%)")
-        ax.set_ylim(0, 105)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, ncol=len(series))
-        out.append(("Champion accuracy per kind (day 0, after each night; production for reference)", _png(fig)))
-        plt.close(fig)
-    return out
+    if not kinds:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(kinds)), 3.2))
+    series = [(p["label"] if p["label"] == "day 0" else f"after {p['label']}", p.get("per_kind") or {})
+              for p in path]
+    if prod.get("per_kind"):
+        series.append(("production", prod["per_kind"]))
+    width = 0.8 / len(series)
+    colors = ["#9bd", "#59b", "#37a", "#147", "#025"]
+    for i, (label, table) in enumerate(series):
+        color = "#b55" if label == "production" else colors[min(i, len(colors) - 1)]
+        ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(kinds))],
+               [table.get(k, float("nan")) for k in kinds], width=width, label=label, color=color)
+    ax.set_xticks(list(range(len(kinds))), kinds, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("gold accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncol=len(series))
+    return fig
 
 
 def write_html(report: dict, path: Path) -> Path:

@@ -42,6 +42,7 @@ class RoleStats(BaseModel):
     length: Estimate  # response length (tokens when measured, else characters)
     kl: Estimate | None = None  # per-sequence KL(role || base), nats
     entropy: Estimate | None = None  # mean token entropy of the role's own distribution
+    known_good: Estimate | None = None  # share of known-good references the role's answer reproduces
 
 
 class EvalReport(BaseModel):
@@ -175,6 +176,19 @@ def _rule_gates(report: EvalReport, gates: GatesConfig) -> list[Check]:
     return out
 
 
+def _known_good_gate(report: EvalReport, gates: GatesConfig) -> Check:
+    ref = report.reference
+    cand, other = report.roles["candidate"].known_good, report.roles[ref].known_good
+    if cand is None or other is None or cand.mean is None or other.mean is None:
+        return Check(name="known_good", value=None, threshold=-gates.known_good_tolerance, passed=True,
+                     reason="no held-out answer marked good by feedback: skipped")
+    drop = other.mean - cand.mean
+    ok = drop <= gates.known_good_tolerance + 1e-12
+    return Check(name="known_good", value=cand.mean - other.mean, threshold=-gates.known_good_tolerance, passed=ok,
+                 reason=f"answers marked good reproduced {cand.mean:.3f} vs {ref} {other.mean:.3f} of {cand.n}"
+                        f" ({'within' if ok else 'drops more than'} tolerance {gates.known_good_tolerance})")
+
+
 def _win_rate_gate(report: EvalReport, gates: GatesConfig) -> Check:
     w = report.win_rate
     if w is None:
@@ -198,8 +212,8 @@ def _kl_gate(report: EvalReport, gates: GatesConfig) -> Check:
 
 def decide(report: EvalReport, gates: GatesConfig) -> Decision:
     """Apply every gate (gain, rules, win-rate, KL, and the monitors when they block); passes only if all pass."""
-    checks = [_gain_gate(report, gates), *_rule_gates(report, gates), _win_rate_gate(report, gates),
-              _kl_gate(report, gates)]
+    checks = [_gain_gate(report, gates), *_rule_gates(report, gates), _known_good_gate(report, gates),
+              _win_rate_gate(report, gates), _kl_gate(report, gates)]
     if gates.block_on_monitors:
         flagged = [m.name for m in report.monitors if not m.passed]
         checks.append(Check(name="monitors", value=float(len(flagged)), threshold=0.0, passed=not flagged,
@@ -210,16 +224,32 @@ def decide(report: EvalReport, gates: GatesConfig) -> Decision:
 
 
 # ---------------------------------------------------------------------------------------------------- report
+def same_answer(a: str, b: str) -> bool:
+    """Two answers are the same text up to whitespace."""
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def known_good_rate(answers: Sequence[str], references: Sequence[str | None], cfg: EvaluateConfig) -> Estimate | None:
+    """Share (bootstrap CI) of the prompts with a known-good reference that ``answers`` reproduces."""
+    hits = [float(same_answer(a, r)) for a, r in zip(answers, references) if r is not None]
+    return bootstrap_mean_ci(hits, cfg.bootstrap_samples, cfg.seed) if hits else None
+
+
 def build_report(responses: dict[str, list[str]], scores: dict[str, dict[str, list[float]]], kinds: dict[str, str],
                  measures: dict[str, dict[str, list[float] | None]], cfg: EvaluateConfig, prompts: list[list[dict]],
-                 champion_version: int | None = None, win: WinRate | None = None) -> EvalReport:
-    """Per-role statistics, candidate - reference differences, monitors. Roles: candidate, base[, champion]."""
+                 champion_version: int | None = None, win: WinRate | None = None,
+                 references: Sequence[str | None] | None = None) -> EvalReport:
+    """Per-role statistics, candidate - reference differences, monitors. Roles: candidate, base[, champion].
+
+    ``references``: per prompt, an answer known to be good (feedback, golden set) or None."""
     reference = "champion" if "champion" in responses else "base"
     roles = {}
     for role, comps in scores.items():
         m = measures.get(role, {})
         lengths = m.get("length") or [float(len(c)) for c in responses[role]]
         roles[role] = role_stats(comps, kinds, lengths, m.get("kl"), m.get("entropy"), cfg)
+        if references is not None:
+            roles[role].known_good = known_good_rate(responses[role], references, cfg)
     diff = {c: paired_diff_ci(scores["candidate"][c], scores[reference][c], cfg.bootstrap_samples, cfg.seed)
             for c in scores["candidate"] if c in scores[reference]}
     examples = [{"prompt": prompts[i], **{r: responses[r][i] for r in responses}} for i in range(min(5, len(prompts)))]

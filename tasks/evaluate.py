@@ -1,7 +1,8 @@
 """The evaluate stage: the candidate against the champion (or the base) on held-out prompts, gates and a decision.
 
 1. the eval set: the newest rows of the scored snapshot (the time-based hold-out the train stage never learns from)
-   plus an optional golden set (``load_eval_set``);
+   plus an optional golden set (``load_eval_set``); a prompt's reference is its logged answer when feedback marked it
+   good (or the golden answer): the ``known_good`` gate checks the candidate still gives those;
 2. answers, scores and measures of each role: candidate, champion (once there is one) and base; the online reward
    of the score stage scores them exactly as in training, ``models.decoding.AdapterPolicies`` decodes and measures;
 3. the statistics, gates and decision of ``flywheel.stats``, the report of ``flywheel.report``, an MLflow run.
@@ -34,7 +35,7 @@ from flywheel.rewards.judge import JudgeClient, load_rubric
 from flywheel.rewards.online import build_online_reward
 from flywheel.rewards.pairwise import Preference, preference_judge
 from flywheel.rewards.spec import components_of
-from flywheel.snapshots import holdout_split
+from flywheel.snapshots import holdout_split, is_good
 from flywheel.stats import TOTAL, EvalReport, WinRate, build_report, decide, summarize, win_rate
 
 Prompt = list[dict]
@@ -45,22 +46,29 @@ LogRunFn = Callable[[EvalReport, Decision, Path], str | None]  # -> MLflow run i
 
 
 # ---------------------------------------------------------------------------------------------------- eval set
-def held_out_prompts(snapshot: str | Path, cfg: EvaluateConfig) -> list[Prompt]:
-    """Distinct prompts of the newest ``eval_fraction`` rows, newest first, minus prompts also in the older rows."""
+def held_out_prompts(snapshot: str | Path, cfg: EvaluateConfig) -> tuple[list[Prompt], list[str | None]]:
+    """Distinct prompts of the newest ``eval_fraction`` rows, newest first, minus prompts also in the older rows; and
+    per prompt its logged answer when production's feedback marked it good (``flywheel.snapshots.is_good``), else
+    None."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
-    df = pd.read_parquet(snapshot, columns=["timestamp", "messages"])
+    columns = ["timestamp", "messages", "completion", "resolved", "thumbs", "escalated"]
+    df = pd.read_parquet(snapshot, columns=[c for c in columns if c in pq.read_schema(snapshot).names])
     held = holdout_split(df["timestamp"].to_numpy(), cfg.eval_fraction)
     seen = set(df.loc[~held, "messages"])
     ev = df[held & ~df["messages"].isin(seen)].sort_values("timestamp", ascending=False)
     ev = ev.drop_duplicates("messages").head(cfg.max_prompts)
-    return [json.loads(m) for m in ev["messages"]]
+    rows = ev.to_dict("records")
+    references = [str(r["completion"]) if "completion" in r and is_good(r) else None for r in rows]
+    return [json.loads(r["messages"]) for r in rows], references
 
 
 def load_eval_set(snapshot: str | Path | None, cfg: EvaluateConfig) -> EvalSet:
-    """Held-out prompts of the snapshot (capped at ``max_prompts``) + the golden set, if configured."""
-    prompts = held_out_prompts(snapshot, cfg) if snapshot is not None else []
-    out = EvalSet(prompts=prompts, references=[None] * len(prompts), source=["logs"] * len(prompts))
+    """Held-out prompts of the snapshot (capped at ``max_prompts``, with their known-good logged answers) + the golden
+    set, if configured."""
+    prompts, references = held_out_prompts(snapshot, cfg) if snapshot is not None else ([], [])
+    out = EvalSet(prompts=prompts, references=references, source=["logs"] * len(prompts))
     if cfg.golden_set is not None:
         gold = read_golden_set(cfg.golden_set)
         out = EvalSet(prompts=out.prompts + gold.prompts, references=out.references + gold.references,
@@ -116,7 +124,8 @@ def evaluate_with(
     if pairwise is not None and "champion" in responses:
         win = judge_both_orders(pairwise, prompts, responses["candidate"], responses["champion"], cfg)
     # 3. statistics and gates
-    report = build_report(responses, scores, kinds or {}, measures, cfg, prompts, champion_version, win)
+    report = build_report(responses, scores, kinds or {}, measures, cfg, prompts, champion_version, win,
+                          references=eval_set.references)
     decision = decide(report, cfg.gates)
     # 4. report files and the MLflow run
     json_path, html_path = write_report(report, decision, scores, measures, out_dir)

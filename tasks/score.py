@@ -1,7 +1,8 @@
 """The score stage: clean snapshot → scored Parquet (one ``reward_<name>`` column per component + ``reward_total``).
 
 1. read the clean snapshot; prompts are its ``messages`` (JSON chat), completions its ``completion``;
-2. refresh the reward model when enough new feedback labels arrived (else reuse the current one);
+2. refresh the reward model when enough new feedback labels arrived (else reuse the current one), on the labelled
+   rows of the last ``rewards.reward_model.history_days`` of validated snapshots;
 3. score every component (rules, KPI, reward model, LLM judge), fit the zscore stats, compute the total;
 4. write the scored Parquet and the reward spec (JSON, hashed for lineage), and the calibration report when human
    labels are configured; return a ``Scores`` record naming the validation it scored.
@@ -72,16 +73,20 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------- steps
-def refresh_reward_model_if_due(cfg: FlywheelConfig, df, prompts, context, specs, progress: bool):
-    """(policy, reward model or None): retrain the reward model when enough new labels arrived, else reuse it."""
+def refresh_reward_model_if_due(cfg: FlywheelConfig, uri: str, df, specs, progress: bool):
+    """(policy, reward model or None): retrain the reward model on the feedback of the last
+    ``rewards.reward_model.history_days`` when enough new labels arrived, else reuse it."""
     from flywheel.rewards.calibration import choose_policy
-    from flywheel.rewards.reward_training import refresh_reward_model
+    from flywheel.rewards.reward_training import labelled_history, refresh_reward_model
 
-    n_labels = sum(binary_label(r, cfg.rewards.reward_model.labels) is not None for r in _rows(context, len(df)))
+    history = labelled_history(cfg, df, uri)
+    context = context_of(history)
+    n_labels = sum(binary_label(r, cfg.rewards.reward_model.labels) is not None for r in _rows(context, len(history)))
     policy = choose_policy(cfg.rewards.calibration.policy, n_labels, cfg.rewards.reward_model.min_labels)
     rm = None
     if any(s.kind == "reward_model" for s in specs):
-        rm = refresh_reward_model(cfg, df, prompts, allow_training=policy == "reward_model", progress=progress)
+        rm = refresh_reward_model(cfg, history, prompts_of(history), allow_training=policy == "reward_model",
+                                  progress=progress)
     return policy, rm
 
 
@@ -164,7 +169,7 @@ def score(cfg: FlywheelConfig, uri: str, *, snapshot_hash: str, validation_repor
     df = read_snapshot(uri)
     prompts, completions, context = prompts_of(df), [str(c) for c in df["completion"]], context_of(df)
     specs = specs_of(cfg)
-    policy, rm = refresh_reward_model_if_due(cfg, df, prompts, context, specs, progress)
+    policy, rm = refresh_reward_model_if_due(cfg, uri, df, specs, progress)
     judge_client = None
     if any(s.kind == "llm_judge" for s in specs):
         from flywheel.rewards.judge import JudgeClient

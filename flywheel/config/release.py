@@ -17,6 +17,13 @@ class GatesConfig(_Strict):
                                                     "reward must exceed this.")
     rule_tolerance: float = Field(0.02, ge=0, description="Gate: no rule component's pass rate may drop by more than "
                                                           "this vs the champion.")
+    known_good_tolerance: float = Field(0.1, ge=0, le=1, description="Gate: of the held-out prompts whose logged "
+                                                                      "answer feedback marked good (and golden-set "
+                                                                      "answers), the share the candidate answers the "
+                                                                      "same way (whitespace-normalised text) may drop "
+                                                                      "by at most this vs the champion: a candidate "
+                                                                      "that rewrites what users liked has learned to "
+                                                                      "fool the reward model. 1 = off.")
     min_win_rate: float = Field(0.5, ge=0, le=1, description="Gate (only when a pairwise judge is configured): "
                                                              "candidate win-rate must be >= this.")
     max_kl: float = Field(50.0, gt=0, description="Gate: mean per-sequence KL(candidate || base), nats summed over "

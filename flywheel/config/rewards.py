@@ -68,6 +68,10 @@ class RewardModelConfig(_Strict):
                                                    "calibrated judge is used).")
     refresh_min_new_labels: int = Field(100, ge=1, description="Retrain when at least this many labelled rows are new "
                                                                "since the last training; else reuse.")
+    history_days: int = Field(30, ge=0, description="Feedback the model learns from: the labelled rows of every "
+                                                    "validated snapshot in <state>/snapshots whose timestamp is "
+                                                    "within this many days before the night's newest row (labels "
+                                                    "accumulate across nights); 0 = this night's snapshot only.")
     swap_negatives: int = Field(1, ge=0, description="Per good row, Bradley-Terry pairs against answers logged for "
                                                      "other requests (numbers transplanted): teaches the model to "
                                                      "read the request, so PPO cannot win by giving every request the "

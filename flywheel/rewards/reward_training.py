@@ -1,5 +1,7 @@
 """Reward model lifecycle for the judge stage: labels from feedback, held-out split, train, log, register, reuse.
 
+Feedback accumulates: the model learns from the labelled rows of every validated snapshot of the last
+``history_days`` (``labelled_history``), not from one night's rows only.
 Labels: the first present field of ``rewards.reward_model.labels`` (``resolved``, then ``thumbs`` > 0). Preference
 pairs: two completions of the same prompt with different labels (good ≻ bad). The split holds out whole prompts,
 so no prompt is on both sides. The reward model is refreshed when at least ``refresh_min_new_labels`` labelled
@@ -138,6 +140,48 @@ def swapped_negatives(prompts: list[list[dict]], completions: list[str], labels:
                     out.append((i, other))
                     break
     return out
+
+
+def _passed_snapshots(state: Path) -> list[Path]:
+    """Clean snapshots whose validation passed (its report says so), oldest tag first."""
+    out = []
+    for clean in sorted((state / "snapshots").glob("*.clean.parquet")):
+        report = state / "reports" / f"validation-{clean.name.split('.')[0]}.json"
+        if report.is_file() and json.loads(report.read_text()).get("passed"):
+            out.append(clean)
+    return out
+
+
+def labelled_history(cfg, df, snapshot_uri: str | Path | None = None):
+    """The rows the reward model learns from: ``df`` (this night's clean snapshot) plus the labelled rows of the
+    earlier validated snapshots within ``rewards.reward_model.history_days`` before ``df``'s newest row; one row per
+    ``request_id`` (this night's wins). Later snapshots than ``df`` are never read, so a rerun of an old night trains
+    on what that night knew."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    days = cfg.rewards.reward_model.history_days
+    if days == 0 or "timestamp" not in df.columns or df.empty:
+        return df
+    newest = pd.to_datetime(df["timestamp"], utc=True).max()
+    start = newest - pd.Timedelta(days=days)
+    this = Path(str(snapshot_uri).removeprefix("file://")).resolve() if snapshot_uri else None
+    labels = [f for f in cfg.rewards.reward_model.labels if f in df.columns]
+    frames = []
+    for path in _passed_snapshots(cfg.state):
+        if this is not None and path.resolve() == this:
+            continue
+        names = set(pq.read_schema(path).names)
+        if not {"request_id", "timestamp", *labels} <= names:
+            continue  # not a snapshot of this schema
+        old = pq.read_table(path, columns=[c for c in df.columns if c in names]).to_pandas()
+        ts = pd.to_datetime(old["timestamp"], utc=True)
+        keep = (ts >= start) & (ts <= newest) & old[labels].notna().any(axis=1)
+        frames.append(old[keep])
+    if not frames:
+        return df
+    both = pd.concat([*frames, df], ignore_index=True)
+    return both.drop_duplicates("request_id", keep="last").reset_index(drop=True)
 
 
 def split_groups(groups: list[str], holdout: float, seed: int) -> tuple[list[int], list[int]]:

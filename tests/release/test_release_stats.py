@@ -73,7 +73,7 @@ def test_gates_pass_for_a_better_candidate_and_name_each_failure():
     better["total"] = better["json"] + better["rm"]
     report, decision = _report(better, champ, base, kl={"candidate": [1.0] * 200, "champion": [0.8] * 200})
     assert decision.passed, decision.reason
-    assert {g.name for g in decision.gates} == {"total_gain", "rule_json", "win_rate", "kl"}
+    assert {g.name for g in decision.gates} == {"total_gain", "rule_json", "known_good", "win_rate", "kl"}
     assert report.diff["total"].lo > 0.15
 
     # higher total reward bought by breaking the rule: the rule gate fails even though the gain gate passes
@@ -93,6 +93,45 @@ def test_gates_pass_for_a_better_candidate_and_name_each_failure():
     w = win_rate([0.0] * 50 + [1.0] * 10, [1.0] * 60)
     _, decision = _report(better, champ, base, win=w)
     assert not {g.name: g for g in decision.gates}["win_rate"].passed
+
+
+def test_known_good_gate_rejects_a_candidate_that_rewrites_what_users_liked():
+    """The reward model says better, but the candidate no longer gives 30 of the 100 answers feedback marked good:
+    it learned to fool the reward model. The gate compares with the champion, so a task whose answers are never
+    reproduced word for word (free text) loses nothing to it."""
+    n = 200
+    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(n)]
+    references = [f"answer {i}" if i % 2 == 0 else None for i in range(n)]  # 100 known-good logged answers
+    champion = [f"answer {i}" for i in range(n)]
+    rewriter = [f"other {i}" if i < 60 else f"answer {i}" for i in range(n)]  # 30 known-good answers rewritten
+    rng = np.random.default_rng(3)
+    champ = _scores(rng, n, 1.0, 0.5)
+    cand = {k: v.copy() for k, v in champ.items()}
+    cand["rm"], cand["total"] = cand["rm"] + 0.3, cand["total"] + 0.3
+
+    def decision_for(candidate: list[str], champ_answers: list[str]):
+        responses = {"candidate": candidate, "champion": champ_answers, "base": champ_answers}
+        scores = {"candidate": cand, "champion": champ, "base": champ}
+        report = build_report(responses, scores, {"json": "rule", "rm": "reward_model"}, {}, CFG, prompts, 3,
+                              references=references)
+        return report, decide(report, GatesConfig())
+
+    report, decision = decision_for(rewriter, champion)
+    gate = {g.name: g for g in decision.gates}["known_good"]
+    assert report.roles["candidate"].known_good.mean == pytest.approx(0.7)
+    assert report.roles["champion"].known_good.mean == 1.0
+    assert not gate.passed and not decision.passed and gate.value == pytest.approx(-0.3)
+    assert "answers marked good reproduced 0.700 vs champion 1.000" in decision.reason
+    # whitespace does not count; a free-text task where neither reproduces the logged text passes
+    assert decision_for([f" answer  {i}" for i in range(n)], champion)[1].passed
+    free_text = [f"reworded {i}" for i in range(n)]
+    assert decision_for(free_text, [f"phrased {i}" for i in range(n)])[1].passed
+    # without any known-good reference (no feedback) the gate is skipped, not failed
+    report = build_report({"candidate": rewriter, "champion": champion, "base": champion},
+                          {"candidate": cand, "champion": champ, "base": champ}, {}, {}, CFG, prompts, 3,
+                          references=[None] * n)
+    skipped = {g.name: g for g in decide(report, GatesConfig()).gates}["known_good"]
+    assert skipped.passed and skipped.value is None
 
 
 def test_monitors_flag_length_drift_entropy_collapse_and_kl_spike():
@@ -125,6 +164,13 @@ def test_eval_set_is_held_out_newest_prompts_plus_golden(tmp_path):
     # newest 40 % = rows 4 and 5; "a" (row 4) was also in the training part, so only "e" stays; then golden
     assert [p[0]["content"] for p in es.prompts] == ["e", "g"]
     assert es.references == [None, "G"] and es.source == ["logs", "golden"]
+    # a logged answer is a known-good reference when its feedback marked it good (resolved, not escalated)
+    df["completion"] = ["A", "B", "C", "A2", "E"]
+    for resolved, escalated, expected in ((True, False, "E"), (False, False, None), (True, True, None)):
+        df["resolved"] = pd.array([None, None, None, None, resolved], dtype="boolean")
+        df["escalated"] = pd.array([None, None, None, None, escalated], dtype="boolean")
+        df.to_parquet(tmp_path / "s.parquet")
+        assert load_eval_set(tmp_path / "s.parquet", EvaluateConfig(eval_fraction=0.4)).references == [expected]
     gold.write_text('{"messages": [{"role": "user", "content": "ok"}]}\n{"messages": "nope"}\n')
     with pytest.raises(ValueError, match=r"gold.jsonl:2: 'messages'"):
         read_golden_set(gold)
