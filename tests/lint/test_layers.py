@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("flywheel", "flows", "tasks", "models", "data_contracts", "demo")
+PACKAGES = ("flywheel", "flows", "tasks", "models", "data_contracts", "demo", "environments")
 LINT = Path(sys.executable).with_name("lint-imports")
 
 
