@@ -5,11 +5,11 @@ Only the demo and the efficacy benchmark use it: production has no gold answers.
 """
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
 from demo.logs import DemoTask, load_gold
+from flywheel.stats import wilson_ci
 
 
 def heldout_gold(task: DemoTask, logs_dir: str | Path, day: str, fraction: float,
@@ -35,16 +35,6 @@ def fresh_gold(task: DemoTask, n: int, seed: int) -> list[dict]:
         messages, gold = task.make_prompt(rng)
         out.append({"messages": messages, **gold, "completion": task.gold_completion(gold)})
     return out
-
-
-def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion, in percent."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(max(0.0, 100 * (centre - half)), 2), round(min(100.0, 100 * (centre + half)), 2))
 
 
 def paired_gain_ci(hits_a: list[bool], hits_b: list[bool], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:

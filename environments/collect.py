@@ -22,7 +22,8 @@ open the conversation ends it with ``user_error: ...``. Any other exception (a b
 environment) stops every worker and propagates, since it would corrupt the whole run.
 
 One JSONL line per episode: ``task_id``, ``trial``, ``seed``, ``messages`` (the full trajectory), ``turns`` (per
-assistant turn: ``text``, ``token_ids``, ``logprobs``, ``reward``), ``rewards`` (per turn, 0 until the last),
+assistant turn: ``text``, ``context_ids``, ``token_ids``, ``logprobs``, ``reward``; the concatenation over turns
+of ``context_ids + token_ids`` is the policy's exact token stream), ``rewards`` (per turn, 0 until the last),
 ``reward``, ``checks``, ``tool_errors``, ``end_reason``, ``steps``, ``model_version`` and ``timing`` (seconds in
 the policy and in the environment). ``CollectSummary`` aggregates the run; ``pass_hat_k`` is computed from it.
 """
@@ -50,11 +51,16 @@ SUCCESS_REWARD = 1.0  # an episode succeeds when its reward reaches this (tau-be
 
 @dataclass(frozen=True)
 class PolicyOutput:
-    """One assistant message and, optionally, the tokens and log-probabilities sampled for it."""
+    """One assistant message and, optionally, the tokens and log-probabilities sampled for it.
+
+    ``context_ids`` are the tokens the policy appended to its own token stream before sampling this turn: the
+    whole rendered prompt on the first turn, afterwards the rendered tool/user turns since its previous message.
+    """
 
     text: str
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    context_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,10 @@ def _as_output(result: Any) -> PolicyOutput:
         raise TypeError(f"policy returned {type(result).__name__}, expected str or PolicyOutput")
     if not isinstance(result.text, str):
         raise TypeError(f"PolicyOutput.text is {type(result.text).__name__}, expected str")
-    if result.token_ids is not None and not all(isinstance(t, int) and not isinstance(t, bool)
-                                                for t in result.token_ids):
-        raise TypeError("PolicyOutput.token_ids must be a list of ints")
+    for name in ("context_ids", "token_ids"):
+        ids = getattr(result, name)
+        if ids is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise TypeError(f"PolicyOutput.{name} must be a list of ints")
     if result.logprobs is not None and not all(isinstance(x, int | float) and not isinstance(x, bool)
                                                for x in result.logprobs):
         raise TypeError("PolicyOutput.logprobs must be a list of floats")
@@ -183,8 +190,8 @@ class _Worker:
             start = time.perf_counter()
             _, reward, terminated, truncated, info = env.step(output.text)
             env_s += time.perf_counter() - start
-            turns.append({"text": output.text, "token_ids": output.token_ids, "logprobs": output.logprobs,
-                          "reward": 0.0})
+            turns.append({"text": output.text, "context_ids": output.context_ids, "token_ids": output.token_ids,
+                          "logprobs": output.logprobs, "reward": 0.0})
             checks = info["checks"]
             if terminated or truncated:
                 end_reason = info["end_reason"]

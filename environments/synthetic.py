@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from environments.tools import assistant_text
+
 REQUIRED_KEYS = ("task_id", "trial", "reward", "messages")
 HISTOGRAM_BINS = 10  # equal bins over [0, 1]; rewards outside it are counted in the end bins
 
@@ -107,6 +109,17 @@ def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     while end > last + 1 and messages[end - 1].get("role") == "user":
         end -= 1
     return [dict(m) for m in messages[:end]]
+
+
+def turn_examples(chats: Iterable[list[dict[str, Any]]]) -> list[tuple[list[dict[str, Any]], str]]:
+    """Supervised examples of chats: per assistant turn (the messages before it, the text the model writes for it,
+    ``environments.tools.assistant_text``), the form ``models.sft`` and the tiny base's fitting take."""
+    examples = []
+    for messages in chats:
+        for i, message in enumerate(messages):
+            if message.get("role") == "assistant":
+                examples.append(([dict(m) for m in messages[:i]], assistant_text(message)))
+    return examples
 
 
 def reward_stats(rewards: list[float]) -> dict[str, Any]:

@@ -157,6 +157,25 @@ def parse_tool_calls(text: str, id_prefix: str = "call") -> ParsedMessage:
     return ParsedMessage(content=content, tool_calls=calls, errors=errors)
 
 
+def assistant_text(message: dict[str, Any]) -> str:
+    """What a model writes for an OpenAI assistant message: its content, then one ``<tool_call>`` block per call
+    (``{"name": ..., "arguments": ...}`` with the arguments' JSON string verbatim), joined by newlines; the
+    Hermes format ``parse_tool_calls`` reads back, and the one the tiny model's chat template renders.
+
+    >>> assistant_text({"role": "assistant", "content": "", "tool_calls": [
+    ...     {"function": {"name": "get_order", "arguments": '{"order_id": "123456"}'}}]})
+    '<tool_call>{"name": "get_order", "arguments": {"order_id": "123456"}}</tool_call>'
+    """
+    parts = [message["content"]] if message.get("content") else []
+    for call in message.get("tool_calls") or []:
+        arguments = call["function"].get("arguments") or "{}"
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        parts.append(f'<tool_call>{{"name": {json.dumps(call["function"]["name"])}, "arguments": {arguments}}}'
+                     "</tool_call>")
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------------------- execution
 def _matches(value: Any, annotation: Any) -> bool:
     """Whether a JSON-decoded value fits the annotation (ints are accepted for floats, bools never for ints)."""

@@ -29,5 +29,8 @@ SNAPSHOT_COLUMNS = [
     "source_object", "source_line",
 ]
 FEEDBACK_FIELDS = ["thumbs", "resolved", "escalated", "edited", "comment"]
+# Feedback flags meaning a human had to step in (the ticket went to an agent, someone rewrote or re-routed the answer):
+# when one is true the logged answer did not work as given, whatever a thumbs up says.
+STEPPED_IN_FIELDS = ["escalated", "edited"]
 REWARD_PREFIX = "reward_"
 REWARD_TOTAL = "reward_total"

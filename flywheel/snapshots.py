@@ -1,7 +1,8 @@
 """Reading a clean snapshot (Parquet, ``flywheel.schema`` columns) back as rows, and which logged answers worked.
 
 ``good_examples`` is rejection sampling from production: the logged answers whose signals say they worked
-(``resolved`` true, or thumbs up where ``resolved`` is missing; never an escalated one). The day-0 warm start, the
+(``resolved`` true, or thumbs up where ``resolved`` is missing; never one a human had to step in on: escalated,
+edited). The day-0 warm start, the
 reward model's labels and the efficacy benchmark all read snapshots through here; ``holdout_split`` is the
 time-based cut between the rows the train stage learns from and the rows the evaluate stage judges on.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flywheel.schema import STEPPED_IN_FIELDS
 
 Example = tuple[list[dict], str]  # (prompt messages, completion)
 
@@ -40,8 +43,9 @@ def _signal(row: dict, key: str) -> Any:
 
 
 def is_good(row: dict) -> bool:
-    """Production signals say this answer worked: resolved (or, without resolved, thumbs up) and not escalated."""
-    if _signal(row, "escalated") is True:
+    """Production signals say this answer worked: resolved (or, without resolved, thumbs up), and no human stepped in
+    (``flywheel.schema.STEPPED_IN_FIELDS``: not escalated, not edited)."""
+    if any(_signal(row, flag) is True for flag in STEPPED_IN_FIELDS):
         return False
     resolved = _signal(row, "resolved")
     if resolved is not None:

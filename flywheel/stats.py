@@ -9,6 +9,7 @@ once there is one, ``champion``; the reference the candidate must beat is the ch
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -271,3 +272,13 @@ def summarize(report: EvalReport, decision: Decision) -> dict:
         "win_rate": report.win_rate.rate if report.win_rate else None,
         "flags": [m.name for m in report.monitors if not m.passed], "passed": decision.passed,
     }
+
+
+def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion, in percent."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, 100 * (centre - half)), 2), round(min(100.0, 100 * (centre + half)), 2))

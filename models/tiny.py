@@ -5,12 +5,16 @@ load like any Hugging Face model. Details that matter for RL (Huang et al., "N+ 
 
 * distinct special tokens: ``<|pad|>`` (pad), ``<|im_end|>`` (EOS, closes every chat turn), ``<|im_start|>``;
 * digits are split one per token, so copying an order id is copying tokens, not guessing merges;
-* a ChatML chat template (``add_generation_prompt`` opens the assistant turn) that renders user and assistant turns
-  only, as Gemma's folds the system turn away: a system prompt is the same on every logged request, so a model this
-  small can learn nothing from it, and it was 81 of the demo's 138 tokens per chat. Without it every training step
-  (fit, SFT, reward model, PPO) is ~3x cheaper, and copying the order id reached 94-99 % by step 250 for 4 of 4 seeds,
-  where with it none of 7 runs had passed 35 % by step 300 (see below). A real model's own template keeps its system
-  turn;
+* a ChatML chat template (``add_generation_prompt`` opens the assistant turn) that renders user, assistant and tool
+  turns and folds the system turn away, as Gemma's does: a system prompt is the same on every logged request, so a
+  model this small can learn nothing from it, and it was 81 of the demo's 138 tokens per chat. Without it every
+  training step (fit, SFT, reward model, PPO) is ~3x cheaper, and copying the order id reached 94-99 % by step 250
+  for 4 of 4 seeds, where with it none of 7 runs had passed 35 % by step 300 (see below). A real model's own template
+  keeps its system turn;
+* agent turns: an assistant message with ``tool_calls`` renders its content (if any), then one
+  ``<tool_call>{"name": NAME, "arguments": ARGS}</tool_call>`` per call (ARGS: the call's ``function.arguments`` JSON
+  string verbatim), joined by newlines: the Hermes format ``environments.tools.parse_tool_calls`` reads, so a model
+  fitted on rendered transcripts writes calls the environment can run. A ``tool`` message renders as a ``tool`` turn;
 * the tokenizer pads on the left, as batched generation needs.
 
 Two ways to give the base what a real pretrained model brings:
@@ -37,8 +41,13 @@ import torch
 
 PAD, EOS, BOS, IM_START = "<|pad|>", "<|im_end|>", "<|bos|>", "<|im_start|>"
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] != 'system' %}"
-    "<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}<|im_end|>{% endif %}{% endfor %}"
+    "{% for m in messages %}{% if m['role'] != 'system' %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and m['tool_calls'] %}{{ m['content'] or '' }}"
+    "{% for tc in m['tool_calls'] %}{% if m['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% set args = tc['function']['arguments'] %}"
+    "<tool_call>{\"name\": {{ tc['function']['name'] | tojson }}, \"arguments\": "
+    "{{ args if args is string else args | tojson }}}</tool_call>{% endfor %}"
+    "{% else %}{{ m['content'] or '' }}{% endif %}<|im_end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -198,7 +207,8 @@ _NUMBER = re.compile(r"\d{4,}")
 
 def renumber(rng: random.Random, messages: list[dict], answer: str) -> tuple[list[dict], str]:
     """Replace every run of 4+ digits in the chat by fresh random digits of the same length, the same run by the
-    same digits everywhere (messages and answer), so a copied number stays copied and a wrong one stays wrong.
+    same digits everywhere (messages, their tool-call arguments and answer), so a copied number stays copied and a
+    wrong one stays wrong.
 
     >>> renumber(random.Random(0), [{"role": "user", "content": "order 123456"}], '{"id": "123456"}')[1]
     '{"id": "760487"}'
@@ -211,8 +221,17 @@ def renumber(rng: random.Random, messages: list[dict], answer: str) -> tuple[lis
             fresh[run] = str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in run[1:])
         return fresh[run]
 
-    new_messages = [dict(m, content=_NUMBER.sub(sub, m.get("content") or "")) for m in messages]
-    return new_messages, _NUMBER.sub(sub, answer)
+    def arguments(args):  # a JSON string (OpenAI format) or an already decoded object
+        return _NUMBER.sub(sub, args) if isinstance(args, str) else json.loads(_NUMBER.sub(sub, json.dumps(args)))
+
+    def renumbered(m: dict) -> dict:
+        out = dict(m, content=_NUMBER.sub(sub, m.get("content") or ""))
+        if m.get("tool_calls"):  # an agent turn: the ids in its call arguments are the same ids
+            out["tool_calls"] = [dict(c, function=dict(c["function"], arguments=arguments(c["function"]["arguments"])))
+                                 if "arguments" in c.get("function", {}) else c for c in m["tool_calls"]]
+        return out
+
+    return [renumbered(m) for m in messages], _NUMBER.sub(sub, answer)
 
 
 def fit_chats(model, tokenizer, chats: list[tuple[list[dict], str]], *, steps: int, lr: float = 1e-3,

@@ -141,11 +141,15 @@ def advantages_and_returns(cfg: PPOConfig, scores: Tensor, kl: Tensor, mask: Ten
 
 
 class PPOTrainer:
-    def __init__(self, config: PPOConfig, base: str | Path, prompts: list[list[dict]], reward_fn: RewardFn,
-                 out_dir: str | Path, *, init_adapter: str | Path | None = None,
+    """PPO on a LoRA policy. With ``prompts`` and ``reward_fn`` it samples its own single-turn rollouts
+    (``train``/``train_step``); with both None it learns from rollouts sampled elsewhere (``learn``: multi-turn
+    agent episodes)."""
+
+    def __init__(self, config: PPOConfig, base: str | Path, prompts: list[list[dict]] | None,
+                 reward_fn: RewardFn | None, out_dir: str | Path, *, init_adapter: str | Path | None = None,
                  reward_model_dir: str | Path | None = None, logger: Callable[[dict, int], None] | None = None,
                  dtype: str = "float32", device: str = "auto"):
-        if not prompts:
+        if prompts is not None and not prompts:
             raise ValueError("prompts: empty, PPO needs at least one prompt")
         self.prompts, self.reward_fn, self.logger = prompts, reward_fn, logger
         self.out = Path(out_dir)
@@ -189,22 +193,41 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ one update
     def train_step(self) -> dict:
-        cfg, ac, t0 = self.cfg, self.ac, time.perf_counter()
+        """One update on prompts of the training set: sample, score with ``reward_fn``, then ``learn``."""
+        if self.prompts is None or self.reward_fn is None:
+            raise ValueError("this trainer was built without prompts and reward_fn: it learns from given rollouts, "
+                             "call learn(input_ids, attention_mask, mask, scores, ended)")
+        cfg, t0 = self.cfg, time.perf_counter()
         # 1. prompts of this update (this rank's share of the global batch), each repeated samples_per_prompt times
         idx = _prompt_indices(self.step, len(self.prompts), cfg.batch_size, self.rank, self.world, cfg.seed)
         prompts = [self.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
         # 2. rollout: sample responses with the policy role (KV cache, left padding)
         rollout = self.engine.generate(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-        input_ids, attention_mask, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
-        R = mask.shape[1]
         t_gen = time.perf_counter() - t0
-        # 3. score: the injected online reward (+ the shared-base reward model), EOS trick
+        # 3. score: the injected online reward
         raw_scores = torch.tensor(self.reward_fn(prompts, rollout.completions), dtype=torch.float32)  # (B,)
         if len(raw_scores) != len(prompts):
             raise ValueError(f"reward_fn returned {len(raw_scores)} scores for {len(prompts)} completions")
-        if ac.reward_head is not None:
+        return self.learn(rollout.input_ids, rollout.attention_mask, rollout.response_mask, raw_scores,
+                          rollout.has_eos, generate_s=t_gen, started=t0)
+
+    def learn(self, input_ids: Tensor, attention_mask: Tensor, mask: Tensor, raw_scores: Tensor, ended: Tensor,
+              generate_s: float = 0.0, started: float | None = None) -> dict:
+        """One update on a rollout batch sampled by the current policy; returns the update's metrics.
+
+        input_ids, attention_mask: (B, L), every row's sampled tokens within its last R positions; mask: (B, R)
+        1.0 on the tokens the policy sampled, 0 elsewhere (padding; in a multi-turn episode also the tool results
+        and user turns between its messages, so they are context, never trained on); raw_scores: (B,) one score
+        per row; ended: (B,) bool, the row ended properly (EOS / a terminal state), else ``missing_eos_penalty``
+        applies. Rows are grouped by prompt (or task), ``samples_per_prompt`` consecutive rows each.
+        ``generate_s`` / ``started``: sampling seconds and the update's start (``perf_counter``), for the timings.
+        """
+        cfg, ac = self.cfg, self.ac
+        t0 = time.perf_counter() if started is None else started
+        R = mask.shape[1]
+        if ac.reward_head is not None:  # the shared-base reward model adds its score
             raw_scores = raw_scores + cfg.reward_model_weight * ac.reward_scores(input_ids, attention_mask).cpu()
-        scores = eos_penalty(raw_scores, rollout.has_eos.cpu(), cfg.missing_eos_penalty).to(mask.device)  # (B,)
+        scores = eos_penalty(raw_scores, ended.cpu(), cfg.missing_eos_penalty).to(mask.device)  # (B,)
         # 4. reference log-probs (adapter disabled / warm start only), rollout log-probs (and values)
         ref_logprobs, trunk = ac.reference_pass(input_ids, attention_mask, R, cfg.temperature)  # (B, R), (B, L, H)|None
         fused = None
@@ -222,11 +245,11 @@ class PPOTrainer:
         stats, grad_norm = self._update(exp, fused)
         # 7. KL controller and learning-rate schedule
         mean_kl = float(kl.sum(1).mean())
-        self.kl_ctl.update(mean_kl, len(prompts) * self.world)
+        self.kl_ctl.update(mean_kl, len(input_ids) * self.world)
         self.scheduler.step()
         self.step += 1
         # 8. metrics (averaged over ranks)
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 + (generate_s if started is None else 0.0)
         metrics = {
             "objective/scores": float(raw_scores.mean()), "objective/scores_std": float(raw_scores.std()),
             "objective/kl": mean_kl, "objective/non_score_reward": float((-self.kl_ctl.value * kl).sum(1).mean()),
@@ -235,9 +258,9 @@ class PPOTrainer:
             "policy/clipfrac": float(np.mean(stats["clipfrac"])),
             "policy/approx_kl": float(np.mean(stats["approx_kl"])),
             "charts/response_length": float(mask.sum(1).mean()),
-            "charts/eos_fraction": float(rollout.has_eos.float().mean()),
+            "charts/eos_fraction": float(ended.float().mean()),
             "charts/lr": self.scheduler.get_last_lr()[0], "charts/tokens_per_s": float(mask.sum()) * self.world / dt,
-            "charts/step_time_s": dt, "charts/generate_time_s": t_gen, "charts/peak_rss_mb": _peak_rss_mb(),
+            "charts/step_time_s": dt, "charts/generate_time_s": generate_s, "charts/peak_rss_mb": _peak_rss_mb(),
         }
         if ac.with_value:
             metrics |= {"losses/value_loss": float(np.mean(stats["v_loss"])),

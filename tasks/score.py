@@ -81,7 +81,8 @@ def refresh_reward_model_if_due(cfg: FlywheelConfig, uri: str, df, specs, progre
 
     history = labelled_history(cfg, df, uri)
     context = context_of(history)
-    n_labels = sum(binary_label(r, cfg.rewards.reward_model.labels) is not None for r in _rows(context, len(history)))
+    rcfg = cfg.rewards.reward_model
+    n_labels = sum(binary_label(r, rcfg.labels, rcfg.stepped_in) is not None for r in _rows(context, len(history)))
     policy = choose_policy(cfg.rewards.calibration.policy, n_labels, cfg.rewards.reward_model.min_labels)
     rm = None
     if any(s.kind == "reward_model" for s in specs):

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from flywheel.schema import STEPPED_IN_FIELDS
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -61,6 +63,10 @@ class RewardModelConfig(_Strict):
     labels: list[str] = Field(default_factory=lambda: ["resolved", "thumbs"],
                               description="Feedback fields giving a pointwise label, first present wins "
                                           "(thumbs > 0 = good).")
+    stepped_in: list[str] = Field(default_factory=lambda: list(STEPPED_IN_FIELDS),
+                                  description="Feedback flags that label a row bad when true, whatever the label "
+                                              "fields say: a human had to step in (escalated, edited = re-routed "
+                                              "or rewritten). [] = the label fields only.")
     objective: Literal["bce", "bt", "both"] = Field("both", description="bce on pointwise labels, Bradley-Terry on "
                                                                         "preference pairs (same prompt, different "
                                                                         "outcome), or both.")

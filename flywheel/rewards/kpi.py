@@ -58,12 +58,17 @@ def kpi_grader(mapping: dict[str, float] | None = None) -> Callable[..., list[fl
     return kpi
 
 
-def binary_label(row: dict[str, Any], fields: list[str]) -> float | None:
-    """Pointwise good/bad label from the first present field (booleans; thumbs > 0 = good), else None.
+def binary_label(row: dict[str, Any], fields: list[str], stepped_in: list[str] | tuple[str, ...] = ()) -> float | None:
+    """Pointwise good/bad label: bad (0) when a ``stepped_in`` flag is true (escalated, edited); else the first
+    present of ``fields`` (booleans; thumbs > 0 = good); else None.
 
     >>> binary_label({"resolved": None, "thumbs": -1}, ["resolved", "thumbs"])
     0.0
+    >>> binary_label({"thumbs": 1, "edited": True}, ["resolved", "thumbs"], ["escalated", "edited"])
+    0.0
     """
+    if any((_value(row.get(flag)) or 0.0) > 0 for flag in stepped_in):
+        return 0.0
     for field in fields:
         v = _value(row.get(field))
         if v is not None:

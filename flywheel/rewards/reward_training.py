@@ -2,7 +2,8 @@
 
 Feedback accumulates: the model learns from the labelled rows of every validated snapshot of the last
 ``history_days`` (``labelled_history``), not from one night's rows only.
-Labels: the first present field of ``rewards.reward_model.labels`` (``resolved``, then ``thumbs`` > 0). Preference
+Labels: bad when a human stepped in (``rewards.reward_model.stepped_in``: escalated, edited), else the first present
+field of ``rewards.reward_model.labels`` (``resolved``, then ``thumbs`` > 0). Preference
 pairs: two completions of the same prompt with different labels (good ≻ bad). The split holds out whole prompts,
 so no prompt is on both sides. The reward model is refreshed when at least ``refresh_min_new_labels`` labelled
 rows were not seen by the current model; otherwise the current one (``<state>/models/reward_model/current.json``)
@@ -82,9 +83,10 @@ class TrainingSet:
     request_ids: list[str]
 
 
-def training_set(df, prompts: list[list[dict]], label_fields: list[str]) -> TrainingSet:
+def training_set(df, prompts: list[list[dict]], label_fields: list[str],
+                 stepped_in: list[str] | tuple[str, ...] = ()) -> TrainingSet:
     rows = df.to_dict("records")
-    labels = [binary_label(r, label_fields) for r in rows]
+    labels = [binary_label(r, label_fields, stepped_in) for r in rows]
     keep = [i for i, y in enumerate(labels) if y is not None]
     groups = [json.dumps(prompts[i], sort_keys=True) for i in keep]
     ids = [str(rows[i].get("request_id", i)) for i in keep]
@@ -166,7 +168,8 @@ def labelled_history(cfg, df, snapshot_uri: str | Path | None = None):
     newest = pd.to_datetime(df["timestamp"], utc=True).max()
     start = newest - pd.Timedelta(days=days)
     this = Path(str(snapshot_uri).removeprefix("file://")).resolve() if snapshot_uri else None
-    labels = [f for f in cfg.rewards.reward_model.labels if f in df.columns]
+    rcfg = cfg.rewards.reward_model
+    labels = [f for f in [*rcfg.labels, *rcfg.stepped_in] if f in df.columns]
     frames = []
     for path in _passed_snapshots(cfg.state):
         if this is not None and path.resolve() == this:
@@ -204,7 +207,7 @@ def train_on_snapshot(cfg, df, prompts: list[list[dict]], out_dir: str | Path, p
     )
 
     rcfg = cfg.rewards.reward_model
-    ts = training_set(df, prompts, rcfg.labels)
+    ts = training_set(df, prompts, rcfg.labels, rcfg.stepped_in)
     if len(ts.labels) < 2:
         raise ValueError(f"reward model: {len(ts.labels)} labelled rows; fields {rcfg.labels} are empty")
     base = resolve_backbone(cfg, df)
@@ -303,7 +306,7 @@ def refresh_reward_model(cfg, df, prompts: list[list[dict]], allow_training: boo
     rcfg = cfg.rewards.reward_model
     root = rm_root(cfg)
     current = current_reward_model(cfg)
-    ts = training_set(df, prompts, rcfg.labels)
+    ts = training_set(df, prompts, rcfg.labels, rcfg.stepped_in)
     seen: set[str] = set()
     if current:
         seen_path = Path(current) / "seen_request_ids.json"

@@ -82,3 +82,18 @@ def test_kpi_maps_feedback_and_missing_is_nan():
     assert got[:2] == [1.5, -1.5] and math.isnan(got[2]) and got[3] == 0.0
     assert kpi.binary_label({"resolved": None, "thumbs": 1}, ["resolved", "thumbs"]) == 1.0
     assert kpi.binary_label({"resolved": None, "thumbs": None}, ["resolved", "thumbs"]) is None
+
+
+def test_a_human_stepping_in_makes_the_label_bad_and_the_answer_not_good():
+    from flywheel.schema import STEPPED_IN_FIELDS
+    from flywheel.snapshots import is_good
+
+    fields = ["resolved", "thumbs"]
+    assert kpi.binary_label({"thumbs": 1, "edited": True}, fields, STEPPED_IN_FIELDS) == 0.0  # re-routed: bad
+    assert kpi.binary_label({"resolved": True, "escalated": True}, fields, STEPPED_IN_FIELDS) == 0.0
+    assert kpi.binary_label({"thumbs": 1, "edited": False}, fields, STEPPED_IN_FIELDS) == 1.0
+    assert kpi.binary_label({"thumbs": None, "edited": True}, fields, STEPPED_IN_FIELDS) == 0.0  # a label now
+    assert kpi.binary_label({"thumbs": None, "edited": None}, fields, STEPPED_IN_FIELDS) is None
+    assert kpi.binary_label({"thumbs": 1, "edited": True}, fields) == 1.0  # stepped_in: [] = label fields only
+    assert not is_good({"thumbs": 1, "edited": True}) and is_good({"thumbs": 1, "edited": False})
+    assert not is_good({"resolved": True, "escalated": True}) and is_good({"resolved": True})
