@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from environments.collect import Episode, PolicyOutput
@@ -100,3 +101,15 @@ def model_sampler(model, tokenizer, *, max_new_tokens: int, temperature: float, 
             return sample_from_prefixes(model, tokenizer, prefixes, max_new_tokens=max_new_tokens,
                                         temperature=temperature, seeds=seeds, top_p=top_p)
     return sample
+
+
+def load_policy_model(base: str | Path, adapter: str | Path | None):
+    """(model, tokenizer) of ``base`` with ``adapter`` applied (merged for sampling), in eval mode on the CPU."""
+    from models.policy import load_base
+
+    model, tokenizer = load_base(base, device="cpu")
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model.eval(), tokenizer

@@ -43,6 +43,7 @@ def build_base(out_dir: str | Path, rows: list[dict], tiny: TinyBaseConfig | Non
     texts = [m.get("content") or "" for r in rows for m in r["messages"]] + [r["completion"] for r in rows]
     return build_tiny_model(
         out, texts, vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
-        num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size, pretrain_chats=all_examples(rows),
+        num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size,
+        max_position_embeddings=tiny.max_positions, pretrain_chats=all_examples(rows),
         pretrain_steps=tiny.fit_steps, pretrain_lr=tiny.fit_learning_rate, pretrain_batch_size=tiny.fit_batch_size,
         progress=progress, seed=seed)

@@ -220,3 +220,19 @@ class Deployment(BaseModel):
     @property
     def deployed(self) -> bool:
         return self.status == "deployed"
+
+
+# ---------------------------------------------------------------------------------------------------- agents
+class AgentEvaluation(BaseModel):
+    """How a policy did on a task set."""
+
+    adapter: str | None
+    tasks: int
+    episodes: int
+    success_rate: float  # share of episodes that succeeded
+    success_ci: tuple[float, float]  # 95 % Wilson interval, in percent
+    mean_reward: float
+    pass_hat_k: dict[int, float]  # k -> pass^k
+    success_by_task: dict[str, list[bool]]
+    end_reasons: dict[str, int]
+    episodes_uri: str

@@ -16,6 +16,7 @@ fetch its adapter, release or roll back under the lock.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -316,6 +317,12 @@ class Registry:
                    experiment_name=cfg.project.name, lock_timeout_s=cfg.registry.lock_timeout_s,
                    require_fresh_evaluation=cfg.registry.require_fresh_evaluation,
                    artifact_root=None if configured else artifact_location(cfg.state))
+
+    @classmethod
+    def for_agent(cls, cfg: FlywheelConfig) -> Registry:
+        """The registered model of the project's agent: ``<model name>-agent`` in the same store."""
+        registry = cls.from_config(cfg)
+        return dataclasses.replace(registry, model_name=f"{registry.model_name}-agent")
 
     @property
     def client(self):

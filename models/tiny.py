@@ -50,6 +50,15 @@ CHAT_TEMPLATE = (
     "{% else %}{{ m['content'] or '' }}{% endif %}<|im_end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# One text of the tokenizer's training corpus: the plain-turn template the tiny base was measured with. The BPE
+# vocabulary depends on every corpus text, and the abrupt emergence of id copying depends on the vocabulary: with
+# CHAT_TEMPLATE itself here once it grew the tool-call branch, the support_triage day-0 base copied 3 % of order ids
+# instead of 75 % (same logs, same seed).
+_TOKENIZER_MARKUP = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}<|im_end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def train_tokenizer(corpus_texts: list[str], vocab_size: int = 1024):
@@ -143,7 +152,7 @@ def build_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(corpus_texts + [CHAT_TEMPLATE], vocab_size)
+    tokenizer = train_tokenizer(corpus_texts + [_TOKENIZER_MARKUP], vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,

@@ -12,40 +12,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prefect import task
-from pydantic import BaseModel
 
 from environments.domain import Domain
 from environments.lockstep import collect_batched
 from environments.users import ScriptedUser, User
-from flywheel.agent_policy import TokenPolicy, model_sampler
+from flywheel.agent_policy import TokenPolicy, load_policy_model, model_sampler
+from flywheel.config import FlywheelConfig
+from flywheel.records import AgentEvaluation
 from flywheel.stats import wilson_ci
-
-
-class AgentEvaluation(BaseModel):
-    """How a policy did on a task set."""
-
-    adapter: str | None
-    tasks: int
-    episodes: int
-    success_rate: float  # share of episodes that succeeded
-    success_ci: tuple[float, float]  # 95 % Wilson interval, in percent
-    mean_reward: float
-    pass_hat_k: dict[int, float]  # k -> pass^k
-    success_by_task: dict[str, list[bool]]
-    end_reasons: dict[str, int]
-    episodes_uri: str
-
-
-def load_policy_model(base: str | Path, adapter: str | Path | None):
-    """(model, tokenizer) of ``base`` with ``adapter`` applied (merged for sampling), in eval mode on the CPU."""
-    from models.policy import load_base
-
-    model, tokenizer = load_base(base, device="cpu")
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    return model.eval(), tokenizer
 
 
 def evaluate_agent(base: str | Path, adapter: str | Path | None, domain: Domain, task_ids: Sequence[str],
@@ -66,8 +40,11 @@ def evaluate_agent(base: str | Path, adapter: str | Path | None, domain: Domain,
 
 
 @task(name="evaluate_agent")
-def evaluate_agent_task(base: str, adapter: str | None, domain: Domain, task_ids: list[str], out_path: str,
-                        trials: int = 4, temperature: float = 0.7, max_steps: int = 10) -> AgentEvaluation:
-    """Prefect task around ``evaluate_agent`` (the agent flow's evaluate stage)."""
-    return evaluate_agent(base, adapter, domain, task_ids, out_path, trials=trials, temperature=temperature,
-                          max_steps=max_steps)
+def evaluate_agent_task(cfg: FlywheelConfig, base: str, adapter: str | None, out_path: str) -> AgentEvaluation:
+    """The agent flow's evaluate stage: ``evaluate_agent`` on the domain's held-out test split (``agent.*``)."""
+    from environments import load_builtin
+
+    domain, a = load_builtin(cfg.agent.domain), cfg.agent
+    return evaluate_agent(base, adapter, domain, domain.split["test"], out_path, trials=a.eval_trials,
+                          temperature=a.temperature, max_new_tokens=a.max_new_tokens, max_steps=a.max_steps,
+                          seed=cfg.train.seed + 1)

@@ -29,7 +29,8 @@ from prefect import task
 from environments.domain import Domain
 from environments.lockstep import collect_batched
 from environments.users import ScriptedUser, User
-from flywheel.agent_policy import TokenPolicy, model_sampler, streams_of
+from flywheel.agent_policy import TokenPolicy, load_policy_model, model_sampler, streams_of
+from flywheel.config import FlywheelConfig
 
 UNFINISHED = ("max_steps", "policy_error")  # end reasons of an episode that did not end on its own
 
@@ -49,6 +50,25 @@ class AgentRLResult:
         """Mean success over the last quarter of the updates."""
         tail = [m["agent/success_rate"] for m in self.history[-max(1, len(self.history) // 4):]]
         return sum(tail) / len(tail) if tail else float("nan")
+
+
+def rejection_sample(base: str | Path, adapter: str | Path | None, domain: Domain, task_ids: Sequence[str],
+                     out_dir: str | Path, *, trials: int, threshold: float, temperature: float, max_new_tokens: int,
+                     max_steps: int, seed: int = 0, user_factory: Callable[[], User] = ScriptedUser) -> dict:
+    """Play ``task_ids`` × ``trials`` with the policy, keep the episodes whose reward reaches ``threshold`` and
+    export them (``<out_dir>/dataset.jsonl`` + ``card.json`` / ``card.md``); returns the card."""
+    from environments.synthetic import export, read_trajectories, select
+
+    out = Path(out_dir)
+    model, tokenizer = load_policy_model(base, adapter)
+    sample = model_sampler(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature)
+    version = str(adapter) if adapter else str(base)
+    collect_batched(domain, TokenPolicy(tokenizer, sample), list(task_ids), trials=trials,
+                    out_path=out / "rollouts.jsonl", max_steps=max_steps, seed=seed, user_factory=user_factory,
+                    model_version=version)
+    selection = select(read_trajectories(out / "rollouts.jsonl"), threshold=threshold)
+    return export(selection, out, source=str(out / "rollouts.jsonl"), filters={"threshold": threshold},
+                  model_version=version)
 
 
 def sft_agent(base: str | Path, dataset: str | Path, out_dir: str | Path, *, init_adapter: str | Path | None = None,
@@ -134,8 +154,34 @@ def learn_from_episodes(trainer, rollouts_path: str | Path, generate_s: float = 
     return trainer.learn(input_ids, attention_mask, mask, scores, ended, generate_s=generate_s)
 
 
+@task(name="rejection_sample_episodes")
+def rejection_sample_task(cfg: FlywheelConfig, base: str, adapter: str | None, out_dir: str) -> dict:
+    """The agent flow's data step: the starting policy on every train task, the good episodes as a dataset."""
+    from environments import load_builtin
+
+    domain, a = load_builtin(cfg.agent.domain), cfg.agent
+    return rejection_sample(base, adapter, domain, domain.split["train"], out_dir, trials=a.rollout_trials,
+                            threshold=a.success_threshold, temperature=a.temperature,
+                            max_new_tokens=a.max_new_tokens, max_steps=a.max_steps, seed=cfg.train.seed + 2)
+
+
+@task(name="sft_agent")
+def sft_agent_task(cfg: FlywheelConfig, base: str, dataset: str, out_dir: str, init_adapter: str | None) -> str:
+    """SFT on the synthetic dataset; returns the adapter folder."""
+    return sft_agent(base, dataset, out_dir, init_adapter=init_adapter, epochs=cfg.agent.sft_epochs,
+                     seed=cfg.train.seed).adapter_dir
+
+
 @task(name="train_agent")
-def train_agent(config, base: str, domain: Domain, task_ids: list[str], out_dir: str,
-                init_adapter: str | None = None, max_steps: int = 10) -> AgentRLResult:
-    """Prefect task around ``train_agent_rl`` (the agent flow's RL stage)."""
-    return train_agent_rl(config, base, domain, task_ids, out_dir, init_adapter=init_adapter, max_steps=max_steps)
+def train_agent(cfg: FlywheelConfig, base: str, out_dir: str, init_adapter: str | None) -> AgentRLResult:
+    """The agent flow's RL step: ``train_agent_rl`` with the ``train:`` knobs and the ``agent:`` sizes."""
+    from environments import load_builtin
+    from models.config import PPOConfig
+
+    a = cfg.agent
+    config = PPOConfig(**{**cfg.train.ppo_kwargs(), "steps": a.rl_steps, "batch_size": a.tasks_per_update,
+                          "samples_per_prompt": a.episodes_per_task, "max_new_tokens": a.max_new_tokens,
+                          "temperature": a.temperature})
+    domain = load_builtin(a.domain)
+    return train_agent_rl(config, base, domain, domain.split["train"], out_dir, init_adapter=init_adapter,
+                          max_steps=a.max_steps)

@@ -64,6 +64,46 @@ def build_base_model(cfg: FlywheelConfig, clean: Validation) -> str:
                           progress=True).resolve())
 
 
+def read_transcripts(folder: str | Path) -> list[dict]:
+    """The rows (one per model call) of a folder of agent transcripts, ``dt=*/**.jsonl``; a line that is not a JSON
+    object with ``messages`` and ``completion`` is an error naming the file and line."""
+    import json
+
+    files = sorted(Path(folder).glob("dt=*/*.jsonl"))
+    if not files:
+        raise ValueError(f"agent.transcripts: no dt=YYYY-MM-DD/*.jsonl under {folder}")
+    rows = []
+    for path in files:
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or "completion" not in row:
+                raise ValueError(f"{path}:{number}: an agent transcript row needs messages (list) and completion")
+            rows.append(row)
+    return rows
+
+
+@task(name="build_agent_base")
+def build_agent_base(cfg: FlywheelConfig) -> str:
+    """The agent's base: ``model.base: tiny`` → the tiny base fitted on ``agent.transcripts`` (once per state dir,
+    at least 1,024 positions for multi-turn chats); else the configured Hugging Face id or local path."""
+    from flywheel.base_model import build_base
+
+    if cfg.model.base != "tiny":
+        return cfg.model.base
+    if cfg.agent.transcripts is None:
+        raise ValueError("agent.transcripts: model.base is 'tiny', so the agent's base is fitted on production "
+                         "agent transcripts; set agent.transcripts to their folder")
+    tiny = cfg.model.tiny.model_copy(update={"max_positions": max(1024, cfg.model.tiny.max_positions)})
+    out = cfg.state / "models" / "agent-base"
+    return str(build_base(out, read_transcripts(cfg.agent.transcripts), tiny, seed=cfg.train.seed,
+                          progress=True).resolve())
+
+
 @task(name="sft_warm_start")
 def sft_warm_start(cfg: FlywheelConfig, clean: Validation, base_model: str, epochs: int = 4) -> WarmStart:
     """Rejection sampling from production: LoRA SFT on the logged answers marked resolved (thumbs up if no flag)."""

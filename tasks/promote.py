@@ -13,7 +13,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from flywheel.config import FlywheelConfig
-from flywheel.records import Candidate, Evaluation, Release
+from flywheel.records import AgentEvaluation, Candidate, Evaluation, Lineage, Release, version_tag
 from flywheel.registry import Registry
 from flywheel.retries import retry_on_transient_io
 
@@ -33,3 +33,35 @@ def promote_candidate(cfg: FlywheelConfig, candidate: Candidate, evaluation: Eva
         candidate.adapter_uri, passed=evaluation.passed, reason=evaluation.decision.reason,
         evaluated_champion=evaluation.champion_version, lineage=candidate.lineage, summary=evaluation.summary,
         run_id=evaluation.run_id, expect_logged=REPORT_ARTIFACTS if evaluation.run_id else [])
+
+
+@task(name="current_agent")
+def current_agent(cfg: FlywheelConfig) -> tuple[int | None, str | None]:
+    """(version, local adapter folder) of the agent's champion, or (None, None) before its first release."""
+    registry = Registry.for_agent(cfg)
+    champion = registry.champion()
+    if champion is None:
+        return None, None
+    version, folder = registry.fetch(champion.version)
+    return version, str(folder)
+
+
+@task(name="promote_agent", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_condition_fn=retry_on_transient_io)
+def promote_agent(cfg: FlywheelConfig, adapter: str, base_model: str, candidate: AgentEvaluation,
+                  champion: AgentEvaluation, champion_version: int | None, dataset_card: dict) -> Release:
+    """Register the agent candidate (``<model>-agent``, alias ``challenger``); ``champion`` moves when its held-out
+    success rate beats the champion's (the starting policy before the first release) by more than
+    ``agent.min_gain``."""
+    gain = candidate.success_rate - champion.success_rate
+    passed = gain > cfg.agent.min_gain
+    reason = (f"held-out success {100 * candidate.success_rate:.1f} % {list(candidate.success_ci)} vs champion "
+              f"{100 * champion.success_rate:.1f} % {list(champion.success_ci)} over {candidate.episodes} episodes: "
+              f"gain {100 * gain:+.1f} points {'>' if passed else '<='} agent.min_gain {100 * cfg.agent.min_gain:.1f}")
+    summary = {"stage": "agent", "domain": cfg.agent.domain, "success_rate": candidate.success_rate,
+               "champion_success_rate": champion.success_rate, "pass_hat_k": candidate.pass_hat_k,
+               "synthetic_kept": dataset_card.get("counts", {}).get("kept")}
+    return Registry.for_agent(cfg).release(
+        adapter, passed=passed, reason=reason, evaluated_champion=champion_version, summary=summary,
+        lineage=Lineage(base_model=base_model, parent_champion_version=version_tag(champion_version)),
+        require_fresh_evaluation=champion_version is not None)

@@ -1,6 +1,7 @@
 """``flywheel`` console script. Commands live with their area (one module each) and import heavy libraries lazily."""
 from flywheel.cli import (
-    config_cmds,  # noqa: F401  (registers commands)
+    agent,  # noqa: F401  (registers commands)
+    config_cmds,  # noqa: F401
     data,  # noqa: F401
     flow,  # noqa: F401
     release,  # noqa: F401

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from flywheel.config.agent import AgentConfig
 from flywheel.config.data import SourceConfig, ValidateConfig
 from flywheel.config.release import EvaluateConfig, RegistryConfig, ScheduleConfig, ServeConfig
 from flywheel.config.rewards import RewardsConfig
@@ -24,7 +25,7 @@ from flywheel.config.train import ModelConfig, TinyBaseConfig, TrainConfig
 __all__ = [
     "ConfigError", "FlywheelConfig", "ProjectConfig", "load_config", "render_config",
     "SourceConfig", "ValidateConfig", "ModelConfig", "TinyBaseConfig", "TrainConfig", "RewardsConfig",
-    "EvaluateConfig", "RegistryConfig", "ServeConfig", "ScheduleConfig",
+    "EvaluateConfig", "RegistryConfig", "ServeConfig", "ScheduleConfig", "AgentConfig",
 ]
 
 
@@ -54,6 +55,7 @@ class FlywheelConfig(Strict):
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    agent: AgentConfig = AgentConfig()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

@@ -28,6 +28,8 @@ class TinyBaseConfig(_Strict):
     intermediate_size: int = Field(512, ge=16, description="MLP width.")
     vocab_size: int = Field(1024, ge=300,
                             description="BPE vocabulary trained on the logs (digits split one per token).")
+    max_positions: int = Field(512, ge=64, description="Longest chat in tokens (an agent's multi-turn transcripts "
+                                                       "need ~1024).")
     fit_steps: int = Field(400, ge=0,
                            description="Full-weight steps on the logged chats (numbers renumbered each draw), "
                                        "the stand-in for pretraining; ~1.5 CPU-minutes at the defaults. "
