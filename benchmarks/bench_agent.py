@@ -58,23 +58,20 @@ def fit_base(args, rows: list[dict], out: Path) -> Path:
     return build_base(out, rows, tiny, seed=args.seed, progress=True)
 
 
-def read_rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted(folder.glob("dt=*/*.jsonl")) for line in f.read_text().splitlines()]
-
-
 def run(args, work: Path) -> dict:
     from demo.agent_logs import generate_agent_logs
     from environments.acme_shop import load_domain
     from models.config import PPOConfig
     from tasks.agent_evaluate import evaluate_agent
     from tasks.agent_train import rejection_sample, sft_agent, train_agent_rl
+    from tasks.bootstrap import read_transcripts
 
     domain = load_domain()
     train, test = domain.split["train"], domain.split["test"]
     t0 = time.perf_counter()
     logs = generate_agent_logs(work / "logs", days=args.days, conversations_per_day=args.conversations_per_day,
                                seed=args.seed, error_rate=args.error_rate)
-    rows = read_rows(work / "logs")
+    rows = read_transcripts(work / "logs")
     print(f"production: {logs.conversations} conversations, {len(rows)} model calls, success {logs.success_rate:.3f}")
     base = fit_base(args, rows, work / "base")
     timings = {"fit_base_s": time.perf_counter() - t0}

@@ -195,14 +195,21 @@ class _Worker:
             checks = info["checks"]
             if terminated or truncated:
                 end_reason = info["end_reason"]
-        if turns:
-            turns[-1]["reward"] = reward
-        messages = list(env.messages) if opened else []
-        return {"task_id": task_id, "trial": trial, "seed": episode.seed, "messages": messages,
-                "turns": turns, "rewards": [t["reward"] for t in turns], "reward": reward, "checks": checks,
-                "tool_errors": dict(env.errors), "end_reason": end_reason, "steps": env.steps,
-                "model_version": self.model_version,
-                "timing": {"policy_s": round(policy_s, 6), "env_s": round(env_s, 6)}}
+        return episode_record(env, episode, turns, reward, checks, end_reason, opened, self.model_version,
+                              policy_s, env_s)
+
+
+def episode_record(env: Environment, episode: Episode, turns: list[dict[str, Any]], reward: float,
+                   checks: dict[str, Any], end_reason: str | None, opened: bool, model_version: str | None,
+                   policy_s: float, env_s: float) -> dict[str, Any]:
+    """An episode's JSONL record (the format both collectors write); the last turn gets the episode's reward."""
+    if turns:
+        turns[-1]["reward"] = reward
+    return {"task_id": episode.task_id, "trial": episode.trial, "seed": episode.seed,
+            "messages": list(env.messages) if opened else [], "turns": turns,
+            "rewards": [t["reward"] for t in turns], "reward": reward, "checks": checks,
+            "tool_errors": dict(env.errors), "end_reason": end_reason, "steps": env.steps,
+            "model_version": model_version, "timing": {"policy_s": round(policy_s, 6), "env_s": round(env_s, 6)}}
 
 
 def _write_jsonl(records: list[dict[str, Any]], out_path: Path) -> None:

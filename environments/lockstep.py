@@ -37,6 +37,7 @@ from environments.collect import (
     _summarise,
     _Worker,
     _write_jsonl,
+    episode_record,
     episode_seed,
 )
 from environments.domain import Domain
@@ -79,15 +80,8 @@ class _Slot:
 
     def record(self, model_version: str | None) -> dict[str, Any]:
         """The episode as its JSONL record (the format of ``collect``)."""
-        env, turns = self.worker.env, self.turns
-        if turns:
-            turns[-1]["reward"] = self.reward
-        return {"task_id": self.episode.task_id, "trial": self.episode.trial, "seed": self.episode.seed,
-                "messages": list(env.messages) if self.opened else [], "turns": turns,
-                "rewards": [t["reward"] for t in turns], "reward": self.reward, "checks": self.checks,
-                "tool_errors": dict(env.errors), "end_reason": self.end_reason, "steps": env.steps,
-                "model_version": model_version,
-                "timing": {"policy_s": round(self.policy_s, 6), "env_s": round(self.env_s, 6)}}
+        return episode_record(self.worker.env, self.episode, self.turns, self.reward, self.checks,
+                              self.end_reason, self.opened, model_version, self.policy_s, self.env_s)
 
 
 def _ask_batch(batch_policy: BatchPolicy, running: list[_Slot]) -> list[Any]:

@@ -141,9 +141,10 @@ def learn_from_episodes(trainer, rollouts_path: str | Path, generate_s: float = 
     """One ``PPOTrainer.learn`` update on the episodes of a collected JSONL (sorted by task, then trial)."""
     import torch
 
+    from environments.synthetic import read_trajectories
     from models.episodes import episode_batch
 
-    records = [json.loads(line) for line in Path(rollouts_path).read_text().splitlines() if line.strip()]
+    records = read_trajectories(rollouts_path)
     if any(not r["turns"] for r in records):
         bad = next(r for r in records if not r["turns"])
         raise ValueError(f"{rollouts_path}: episode {bad['task_id']}/{bad['trial']} has no policy turn "
