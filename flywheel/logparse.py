@@ -1,25 +1,27 @@
 """Log parsing: bytes of one log object (JSONL, JSONL.gz, Parquet) -> one raw-snapshot Arrow table, one row per line.
 
 Every non-blank line becomes one row; lines that are not a JSON object keep their raw text and a reason in
-``_errors`` (``malformed_json``, ``invalid_utf8``, ``not_an_object``, ``type:<field>``) so validate quarantines them
-with their source object and line before Great Expectations sees anything.
+``_errors`` (``malformed_json``, ``invalid_utf8``, ``invalid_unicode``, ``nul_byte``, ``nesting_too_deep``,
+``not_an_object``, ``type:<field>``, ``timezone:timestamp``, ``tool_call:arguments``) so validate quarantines them
+with their source object and line before Great Expectations sees anything. A UTF-8 byte-order mark at the start of a
+line (a file's first line, or files concatenated) is dropped, not taken for a defect. ``flywheel.logformats`` turns an
+object's bytes into UTF-8 JSONL text (gzip, UTF-16/32) or a Parquet table; ``flywheel.logfields`` checks the chat.
 """
 from __future__ import annotations
 
 import gc
-import gzip
-import io
 from operator import attrgetter
 
 import msgspec
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from flywheel.logfields import MAX_NESTING, chat_facts, too_deep
+from flywheel.logformats import UTF8_BOM, jsonl_bytes, read_parquet
 from flywheel.logparse_arrays import timestamps, utf8_array
 
 # Raw snapshot = schema.SNAPSHOT_COLUMNS + internal "_" columns that validate reads and drops:
-#   _errors  "|"-joined parse-level reasons (malformed_json, invalid_utf8, not_an_object, type:<field>) or null
+#   _errors  "|"-joined parse-level reasons (malformed_json, invalid_utf8, not_an_object, type:<field>, ...) or null
 #   _raw     the original line for rows with parse-level errors (the rest are rebuilt from their columns)
 #   _decoded the line decoded to a JSON object (False rows never reach Great Expectations)
 #   _n_messages, _max_content_chars, _roles  facts about `messages` the contract checks
@@ -34,37 +36,6 @@ RAW_SCHEMA = pa.schema([
 ])
 _STR_FIELDS = ("request_id", "task", "model_version", "completion")
 _BOOL_FIELDS = ("resolved", "escalated", "edited")
-
-
-def _content_chars(content) -> int | None:
-    if type(content) is str:
-        return len(content)
-    if content is None:
-        return 0
-    if type(content) is list:   # content parts: [{"type": "text", "text": ...}, ...]
-        return sum(len(p.get("text") or "") if type(p) is dict else 0 for p in content)
-    return None
-
-
-def _messages(value) -> tuple[bytes, int, int, str] | None:
-    """(JSON, count, longest content, roles) of a chat, or None when it is not a list of {role, content} objects."""
-    if type(value) is str:
-        try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return None
-    if type(value) is not list:
-        return None
-    longest, roles = 0, set()
-    for msg in value:
-        if type(msg) is not dict or type(msg.get("role")) is not str:
-            return None
-        n = _content_chars(msg.get("content"))
-        if n is None:
-            return None
-        longest = max(longest, n)
-        roles.add(msg["role"])
-    return orjson.dumps(value), len(value), longest, ",".join(sorted(roles))
 
 
 class _RawColumns:
@@ -110,7 +81,7 @@ class _RawColumns:
             self.columns[name].append(value)
         ts = record.get("timestamp")
         if ts is not None and type(ts) is not str:
-            if hasattr(ts, "isoformat") and getattr(ts, "tzinfo", 1) is not None:   # a Parquet timestamp
+            if hasattr(ts, "isoformat") and hasattr(ts, "tzinfo"):   # a Parquet timestamp (naive: timezone:timestamp)
                 ts = ts.isoformat()
             else:
                 errors.append("type:timestamp")
@@ -118,9 +89,9 @@ class _RawColumns:
         self.columns["timestamp"].append(ts)
 
     def _add_messages(self, messages, errors: list[str]) -> None:
-        chat = _messages(messages) if messages is not None else None
-        if messages is not None and chat is None:
-            errors.append("type:messages")
+        chat, reason = chat_facts(messages) if messages is not None else (None, None)
+        if reason:
+            errors.append(reason)
         for name, i in (("messages", 0), ("_n_messages", 1), ("_max_content_chars", 2), ("_roles", 3)):
             self.columns[name].append(chat[i] if chat else None)
 
@@ -164,6 +135,9 @@ class _RawColumns:
         metadata = record.get("metadata")
         if metadata is None:
             metadata = b"{}"
+        elif type(metadata) is dict and too_deep(metadata):
+            errors.append("nesting_too_deep")
+            metadata = None
         elif type(metadata) is dict:
             metadata = orjson.dumps(metadata, default=str)
         else:
@@ -179,9 +153,11 @@ class _RawColumns:
         arrays = []
         for column in RAW_SCHEMA:
             if column.name == "timestamp":
-                ts, unparsed = timestamps(columns["timestamp"])
+                ts, unparsed, naive = timestamps(columns["timestamp"])
                 if len(unparsed):
                     self._add_reason(unparsed, "type:timestamp")
+                if len(naive):
+                    self._add_reason(naive, "timezone:timestamp")
                 arrays.append(ts)
             elif column.name in ("messages", "metadata"):
                 arrays.append(utf8_array(columns[column.name]))
@@ -251,7 +227,8 @@ class _Row(msgspec.Struct):
 FAST_PATH = True   # False: every line takes the per-line path (the tests prove both give the same rows)
 _ROW = msgspec.json.Decoder(_Row)
 _MSGS = msgspec.json.Decoder(list[_Msg] | None)
-_FAST_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
+_FAST_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_CALLS = b"_call"   # "tool_calls", "function_call", "tool_call_id": chats the per-line path checks call by call
 
 
 def parse_jsonl(data: bytes, key: str, dt: str) -> pa.Table:
@@ -288,6 +265,8 @@ def _decode_fast(data: bytes) -> tuple[list[tuple], list[tuple[int, bytes]]]:
         try:
             if not raw.isascii():
                 raw.decode("utf-8")          # undecodable bytes anywhere (even in skipped fields): per-line path
+            if _CALLS in raw or raw.count(b"[") + raw.count(b"{") > MAX_NESTING:   # tool calls, maybe too deep
+                raise msgspec.ValidationError("maybe too deep, or tool calls")
             row = decode_row(raw)
             if row.feedback is None and (b'"thumbs"' in raw or b'"resolved"' in raw):
                 raise msgspec.ValidationError("flat feedback")
@@ -304,19 +283,29 @@ def _add_per_line(columns: _RawColumns, lines: list[tuple[int, bytes]]) -> None:
     """Decode each line with orjson; a line that is not a JSON object keeps its reason and raw text."""
     for line, raw in lines:
         try:
-            record = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            try:
-                raw.decode("utf-8")
-                reason = "malformed_json"
-            except UnicodeDecodeError:
-                reason = "invalid_utf8"
-            columns.add_undecoded(line, raw, reason)
+            record = orjson.loads(raw[3:] if raw.startswith(UTF8_BOM) else raw)
+        except orjson.JSONDecodeError as e:
+            columns.add_undecoded(line, raw, _undecodable(raw, str(e)))
             continue
         if type(record) is not dict:
             columns.add_undecoded(line, raw, "not_an_object")
         else:
             columns.add_record(record, line, raw)
+
+
+def _undecodable(raw: bytes, error: str) -> str:
+    """The reason a line is not JSON: invalid_utf8, nul_byte, invalid_unicode, nesting_too_deep or malformed_json."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    if b"\x00" in raw:
+        return "nul_byte"
+    if "surrogate" in error:
+        return "invalid_unicode"     # a \\ud800 escape without its pair: valid JSON text, not valid Unicode
+    if "depth limit" in error:
+        return "nesting_too_deep"
+    return "malformed_json"
 
 
 _SCALARS = ("request_id", "timestamp", "task", "model_version", "completion", "latency_ms")
@@ -357,10 +346,11 @@ def parse_records(records: list[dict], key: str, dt: str) -> pa.Table:
 
 
 def parse_object(key: str, data: bytes, dt: str) -> pa.Table:
-    """The raw-snapshot rows of one object (``key`` picks the format: ``.parquet``, ``.jsonl.gz``, ``.jsonl``)."""
+    """The raw-snapshot rows of one object (``key`` picks Parquet or JSONL; ``flywheel.logformats`` the rest).
+
+    Raises ``flywheel.logformats.UnreadableObject`` (its message starts with the reason) for an unreadable object.
+    """
     if key.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(data))
-        return parse_records(table.to_pylist(), key, dt)
-    if key.endswith(".gz"):
-        data = gzip.decompress(data)
-    return parse_jsonl(data, key, dt)
+        table = read_parquet(data)
+        return parse_records(table.to_pylist() if table is not None else [], key, dt)
+    return parse_jsonl(jsonl_bytes(key, data), key, dt)

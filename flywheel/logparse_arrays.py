@@ -10,10 +10,14 @@ import pyarrow.compute as pc
 _PLAIN_TS = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 _TS_TYPE = pa.timestamp("us", tz="UTC")
 _TS_FIELDS = (("year", 0), ("month", 5), ("day", 8), ("hour", 11), ("minute", 14), ("second", 17))
+# A zone after a time of day: Z, +hh, +hhmm, +hh:mm. Without one ("2026-11-01T10:00:00", "2026-11-01") the instant is
+# unknown (local time of some server?): such rows are reported, not silently read as UTC.
+_ZONED = r"[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?\s*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
 
 
-def timestamps(values: list) -> tuple[pa.Array, np.ndarray]:
-    """ISO 8601 strings (None = missing) -> timestamp[us, UTC], and the rows whose string is not a timestamp."""
+def timestamps(values: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """ISO 8601 strings (None = missing) -> timestamp[us, UTC], the rows whose string is not a timestamp, and the
+    rows whose timestamp has no zone (read as UTC, to be quarantined as ``timezone:timestamp``)."""
     import pandas as pd
 
     strings = pa.array(values, pa.string())
@@ -26,13 +30,16 @@ def timestamps(values: list) -> tuple[pa.Array, np.ndarray]:
         done = pc.and_(done, pc.fill_null(pc.equal(getattr(pc, field)(fast), written), False))
     out = pc.if_else(done, fast, pa.scalar(None, fast.type)).to_numpy(zero_copy_only=False, writable=True)
     rest = np.flatnonzero(pc.and_(strings.is_valid(), pc.invert(done)).to_numpy(zero_copy_only=False))
-    unparsed = rest[:0]
+    unparsed = naive = rest[:0]
     if len(rest):
-        raw = pd.Series(strings.take(pa.array(rest)).to_pylist(), dtype=object)
+        texts = strings.take(pa.array(rest))
+        raw = pd.Series(texts.to_pylist(), dtype=object)
         parsed = pd.to_datetime(raw, format="ISO8601", utc=True, errors="coerce")
         out[rest] = parsed.astype("datetime64[us, UTC]").dt.tz_localize(None).to_numpy()
         unparsed = rest[parsed.isna().to_numpy()]
-    return pa.array(out, pa.timestamp("us"), from_pandas=True).cast(_TS_TYPE), unparsed
+        zoned = pc.fill_null(pc.match_substring_regex(texts, _ZONED), False).to_numpy(zero_copy_only=False)
+        naive = rest[parsed.notna().to_numpy() & ~zoned]
+    return pa.array(out, pa.timestamp("us"), from_pandas=True).cast(_TS_TYPE), unparsed, naive
 
 
 def utf8_array(values: list) -> pa.Array:

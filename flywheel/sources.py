@@ -2,6 +2,9 @@
 
 - Layout: ``<source>/.../dt=YYYY-MM-DD/<any>.jsonl | .jsonl.gz | .parquet``; ``log_partition`` says which keys are
   log objects (and of which day); anything else, and anything under a ``_``-folder, is not.
+- A key that could name a path outside the source (``..`` segments, an absolute path, a backslash, a control
+  character; a local symlink resolving outside the folder) is never read: ``unsafe_key`` says why, observe
+  quarantines the object whole.
 - Each object is named by its key (relative to the source root) and a version tag (S3 ETag, or size and mtime for
   local files), so a reader can tell a new or rewritten object from one it has processed.
 - S3: paginated listing through boto3 (endpoint, region and profile from config; the standard credential chain),
@@ -21,6 +24,7 @@ from typing import Protocol, TypeVar
 import pyarrow as pa
 
 from flywheel.config.data import SourceConfig
+from flywheel.logformats import UnreadableObject
 from flywheel.logparse import parse_object
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -57,6 +61,21 @@ def log_partition(key: str) -> str | None:
     return match.group(1)
 
 
+def unsafe_key(key: str) -> str | None:
+    """Why ``key`` must not be read (it could name a path outside the source), or None for an ordinary key.
+
+    >>> unsafe_key("dt=2026-11-24/part-0.jsonl"), unsafe_key("dt=2026-11-24/../../etc/x.jsonl")
+    (None, "unsafe_key: '..' segment in 'dt=2026-11-24/../../etc/x.jsonl'")
+    """
+    if key.startswith("/") or re.match(r"^[A-Za-z]:", key):
+        return f"unsafe_key: absolute path {key!r}"
+    if ".." in key.split("/"):
+        return f"unsafe_key: '..' segment in {key!r}"
+    if "\\" in key or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return f"unsafe_key: backslash or control character in {key!r}"
+    return None
+
+
 class LocalSource:
     """A local folder; hidden (``.``) and ``_`` folders are not walked."""
 
@@ -78,7 +97,11 @@ class LocalSource:
         return refs
 
     def read(self, ref: ObjectRef) -> bytes:
-        return (self.root / ref.key).read_bytes()
+        """The object's bytes; a key (or symlink) that resolves outside the folder raises ``UnreadableObject``."""
+        path = (self.root / ref.key).resolve()
+        if unsafe_key(ref.key) or not path.is_relative_to(self.root.resolve()):
+            raise UnreadableObject(f"unsafe_key: {ref.key!r} resolves to {path}, outside the source folder")
+        return path.read_bytes()
 
 
 class S3Source:

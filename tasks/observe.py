@@ -4,8 +4,10 @@
   other keys are counted as ignored.
 - Incremental: a manifest in ``<state>/manifest/`` remembers every processed object (key + ETag, or size/mtime for
   local files). A rerun reads nothing twice; a new or rewritten object in an old partition is read.
-- Unreadable objects (bad gzip, bad Parquet, persistent I/O errors) are quarantined whole in
-  ``<state>/quarantine/objects-<hash>.jsonl``, never skipped silently.
+- Unreadable objects (truncated or bad gzip, bad Parquet, persistent I/O errors) and objects whose key could name a
+  path outside the source (``..``, absolute, a symlink out of the folder: never read) are quarantined whole in
+  ``<state>/quarantine/objects-<hash>.jsonl``, never skipped silently. An empty object (no non-blank line) is read
+  with 0 rows: its manifest entry says ``"status": "empty"`` and the message counts it.
 - Parsing (``flywheel.logparse``): every line becomes one snapshot row; lines that are not a JSON object keep
   their raw text and a reason in ``_errors`` so validate quarantines them before Great Expectations.
 
@@ -32,10 +34,11 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from flywheel.config.data import SourceConfig
+from flywheel.logformats import UnreadableObject
 from flywheel.logparse import RAW_SCHEMA, parse_object
 from flywheel.records import Observation
 from flywheel.retries import retry_on_transient_io
-from flywheel.sources import LogSource, ObjectRef, log_partition, open_source, read_and_parse
+from flywheel.sources import LogSource, ObjectRef, log_partition, open_source, read_and_parse, unsafe_key
 
 # Parquet dictionary encoding only where values repeat: trying it on messages/completions costs time, saves nothing.
 DICTIONARY_COLUMNS = ["dt", "task", "model_version", "source_object", "_errors", "_roles"]
@@ -88,6 +91,7 @@ class _NewObjects:
     wanted: list[tuple[ObjectRef, str]]  # (object, its day) not processed yet, in key order
     skipped: int  # already in the manifest with the same version tag
     ignored: int  # not a log object
+    unsafe: list[tuple[ObjectRef, str, str]] = field(default_factory=list)  # (object, day, reason): never read
 
 
 @dataclass
@@ -101,19 +105,27 @@ class _ReadTally:
     digests: dict[str, str] = field(default_factory=dict)  # key -> sha256 of the object's bytes (objects read)
     pending: dict[str, dict] = field(default_factory=dict)  # key -> manifest entry, committed after validate
     unreadable: list[dict] = field(default_factory=list)  # object quarantine records
+    empty: int = 0  # objects read with no rows
+
+    def quarantine(self, ref: ObjectRef, dt: str, reason: str) -> None:
+        """Quarantine one object whole: a record with its reason, and its manifest entry (not read again)."""
+        self.unreadable.append({"source_object": ref.key, "etag": ref.etag, "size": ref.size, "reason": reason})
+        self.pending[ref.key] = {"etag": ref.etag, "size": ref.size, "dt": dt, "status": "quarantined"}
 
 
 def _new_objects(refs: list[ObjectRef], processed: dict[str, dict]) -> _NewObjects:
-    wanted, skipped, ignored = [], 0, 0
+    wanted, skipped, ignored, unsafe = [], 0, 0, []
     for ref in refs:
         day = log_partition(ref.key)
         if day is None:
             ignored += 1
         elif processed.get(ref.key, {}).get("etag") == ref.etag:
             skipped += 1
+        elif reason := unsafe_key(ref.key):
+            unsafe.append((ref, day, reason))
         else:
             wanted.append((ref, day))
-    return _NewObjects(wanted, skipped, ignored)
+    return _NewObjects(wanted, skipped, ignored, unsafe)
 
 
 def _read_and_hash(reader: LogSource, ref: ObjectRef) -> tuple[bytes, str]:
@@ -150,13 +162,13 @@ def _parsed(future: cf.Future, ref: ObjectRef, dt: str, in_processes: bool, tall
         raise RuntimeError(f"observe: a parse worker process died while reading {ref.key} (out of memory?); "
                            "rerun with source.parse_workers: 1") from e
     except Exception as e:  # noqa: BLE001 - whatever breaks reading or decoding quarantines the object
-        tally.unreadable.append({"source_object": ref.key, "etag": ref.etag, "size": ref.size,
-                                 "reason": f"unreadable_object: {type(e).__name__}: {str(e)[:300]}"})
-        tally.pending[ref.key] = {**entry, "status": "quarantined"}
+        why = str(e) if isinstance(e, UnreadableObject) else f"{type(e).__name__}: {e}"
+        tally.quarantine(ref, dt, f"unreadable_object: {why[:300]}")
         return None
     tally.parse_seconds += parse_seconds
     tally.digests[ref.key] = digest
-    tally.pending[ref.key] = {**entry, "status": "read", "rows": table.num_rows}
+    tally.empty += table.num_rows == 0
+    tally.pending[ref.key] = {**entry, "status": "read" if table.num_rows else "empty", "rows": table.num_rows}
     return table
 
 
@@ -238,7 +250,7 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
     refs = reader.list()
     seconds = {"list": time.perf_counter() - start}
     new = _new_objects(refs, load_manifest(manifest_path(state, source.uri))["objects"])
-    if not new.wanted:
+    if not new.wanted and not new.unsafe:
         return Observation(source_uri=source.uri, new_data=False, objects_skipped=new.skipped,
                            objects_ignored=new.ignored, seconds=seconds,
                            message=f"no new data in {source.uri}: {new.skipped} objects already processed, "
@@ -252,13 +264,15 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    for ref, dt, reason in new.unsafe:
+        tally.quarantine(ref, dt, f"unreadable_object: {reason}")
     content_hash = _content_hash(tally.digests)
     tag = content_hash[:16]
     snapshot = snapshots / f"{tag}.raw.parquet"
     os.replace(partial, snapshot)
     seconds.update(_phase_seconds(tally, loop_seconds, in_processes))
     object_quarantine, pending = _write_side_files(state, tag, tally)
-    partitions = sorted({dt for _, dt in new.wanted})
+    partitions = sorted({dt for _, dt in new.wanted} | {dt for _, dt, _ in new.unsafe})
     observation = Observation(
         source_uri=source.uri, new_data=True, snapshot_uri=str(snapshot), snapshot_hash=content_hash, rows=tally.rows,
         objects_read=len(tally.digests), objects_quarantined=len(tally.unreadable), objects_skipped=new.skipped,
@@ -266,7 +280,8 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
         object_quarantine_uri=str(object_quarantine) if object_quarantine else None,
         manifest_pending_uri=str(pending), seconds={phase: round(s, 3) for phase, s in seconds.items()},
         message=f"read {tally.rows} rows from {len(tally.digests)} objects in {len(partitions)} partitions"
-                + (f"; {len(tally.unreadable)} unreadable objects quarantined" if tally.unreadable else ""),
+                + (f"; {len(tally.unreadable)} unreadable objects quarantined" if tally.unreadable else "")
+                + (f"; {tally.empty} empty objects (no rows)" if tally.empty else ""),
     )
     if commit:
         commit_manifest(observation, state)

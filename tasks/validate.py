@@ -4,7 +4,8 @@
    are taken as they are; lines that did not decode to an object never reach Great Expectations.
 2. The contract's GX suite (``data_contracts/<contract>.py: build_suite``) runs once on a check frame of the decoded
    rows with ``result_format="COMPLETE"``; each failed expectation gives the failing rows (index = snapshot row) and
-   its ``meta["check"]`` names the reason. Duplicates keep their first line in log order (object, line).
+   its ``meta["check"]`` names the reason. Duplicates keep their first line in log order (object, line); a row an
+   earlier committed batch already accepted is ``duplicate:earlier_batch`` (``flywheel.seen_ids``).
 3. Every rejected row becomes one quarantine JSONL record: source object and line, request_id, every reason, raw input.
 4. Clean rows lose the internal ``_`` columns, are PII-scrubbed (counts per pattern) and written as the clean snapshot.
 5. Batch gates (min rows, quarantine fraction, null rate of key fields, duplicate rate) are evaluated; a failure raises
@@ -29,8 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
-from flywheel import pii
+from flywheel import pii, seen_ids
 from flywheel.config.data import GatesConfig, ValidateConfig
+from flywheel.logfields import logged_record
 from flywheel.records import GateResult, Observation, Validation
 from flywheel.schema import SNAPSHOT_COLUMNS
 from flywheel.validation_report import write_report
@@ -181,11 +183,12 @@ def _parse_reasons(table: pa.Table) -> dict[int, list[str]]:
     return {row: joined.split("|") for row, joined in zip(rows.tolist(), errors)}
 
 
-def _judge_rows(table: pa.Table, contract: ModuleType, cfg: ValidateConfig, now: str | None) -> _Verdict:
-    """Parse-level reasons plus the contract suite's failures, row by row."""
+def _judge_rows(table: pa.Table, contract: ModuleType, cfg: ValidateConfig, now: str | None,
+                replayed: np.ndarray) -> _Verdict:
+    """Parse-level reasons, rows accepted by an earlier batch (``replayed``) and the contract suite's failures."""
     decoded = table["_decoded"].to_numpy(zero_copy_only=False).astype(bool)
     parse_reasons = _parse_reasons(table)
-    failures: dict[str, list[np.ndarray]] = {}
+    failures: dict[str, list[np.ndarray]] = {"duplicate:earlier_batch": [np.flatnonzero(replayed)]}
     for row, reasons in parse_reasons.items():
         for reason in reasons:
             failures.setdefault(reason, []).append(np.array([row]))
@@ -204,7 +207,8 @@ def _judge_rows(table: pa.Table, contract: ModuleType, cfg: ValidateConfig, now:
             idx = np.array([i for i in idx.tolist() if typed not in parse_reasons.get(i, ())], dtype=np.int64)
         if len(idx):
             failures.setdefault(name, []).append(idx)
-    failed = {name: np.unique(np.concatenate(parts)) for name, parts in failures.items()}
+    failed = {name: np.unique(np.concatenate(parts)) for name, parts in failures.items()
+              if sum(map(len, parts))}
     rejected = np.zeros(table.num_rows, dtype=bool)
     row_reasons: dict[int, list[str]] = {}
     for name in sorted(failed):
@@ -217,25 +221,12 @@ def _judge_rows(table: pa.Table, contract: ModuleType, cfg: ValidateConfig, now:
 # ---------------------------------------------------------------- quarantine and clean snapshot
 
 
-def _logged_record(row: dict) -> str:
-    """The interaction-log record of a row that decoded fine (its raw line is not kept), rebuilt from its columns."""
-    ts = row["timestamp"]
-    record = {
-        "request_id": row["request_id"], "timestamp": ts.isoformat() if ts is not None else None,
-        "task": row["task"], "model_version": row["model_version"],
-        "messages": orjson.loads(row["messages"]) if row["messages"] else None, "completion": row["completion"],
-        "feedback": {k: row[k] for k in ("thumbs", "resolved", "escalated", "edited", "comment")},
-        "latency_ms": row["latency_ms"], "metadata": orjson.loads(row["metadata"]) if row["metadata"] else None,
-    }
-    return orjson.dumps(record).decode()
-
-
 def _quarantine_lines(batch: pa.RecordBatch, rows: np.ndarray, reasons: dict[int, list[str]], tag: str,
                       contract: str, examples: dict[str, list[dict]]) -> bytes:
     """One JSONL record per rejected row of ``batch`` (snapshot row numbers ``rows``); keeps a few examples."""
     lines = []
     for i, row in zip(rows.tolist(), batch.to_pylist()):
-        raw = row["_raw"] if row["_raw"] is not None else _logged_record(row)
+        raw = row["_raw"] if row["_raw"] is not None else logged_record(row)
         record = {"source_object": row["source_object"], "source_line": row["source_line"], "dt": row["dt"],
                   "request_id": row["request_id"], "reasons": reasons[i], "raw": raw, "snapshot": tag,
                   "contract": contract}
@@ -304,7 +295,7 @@ def evaluate_gates(gates: GatesConfig, rows_in: int, rows_quarantined: int, chec
     nulls = {f: checks.get(f"missing:{f}", 0) + checks.get(f"type:{f}", 0) + undecoded for f in KEY_FIELDS}
     worst = max(nulls, key=nulls.get)
     null_rate = nulls[worst] / n
-    duplicates = checks.get("duplicate:request_id", 0)
+    duplicates = checks.get("duplicate:request_id", 0) + checks.get("duplicate:earlier_batch", 0)
     duplicate_rate = duplicates / n
     quarantined = rows_quarantined / n
 
@@ -355,7 +346,8 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     rows_in = table.num_rows
     seconds["load"] = time.perf_counter() - start
     start = time.perf_counter()
-    verdict = _judge_rows(table, contract, cfg, now)
+    keys = seen_ids.row_keys(table)
+    verdict = _judge_rows(table, contract, cfg, now, seen_ids.replayed(state, tag, keys))
     del table
     seconds["checks"] = time.perf_counter() - start
 
@@ -365,6 +357,7 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     for path in (quarantine_path, clean_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     split = _split_snapshot(snapshot_uri, verdict, cfg, tag, quarantine_path, clean_path, seconds)
+    seen_ids.record(state, tag, keys[~verdict.rejected])
 
     # 5-6. invariant and gates
     rows_quarantined = int(verdict.rejected.sum())
