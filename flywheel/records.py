@@ -85,6 +85,9 @@ class Scores(BaseModel):
     reward_model_metrics: dict[str, float] = Field(default_factory=dict)
     judge_requests: int = 0
     judge_cache_hits: int = 0
+    judge_counts: dict[str, int | float] = Field(default_factory=dict, description="The judge's counts "
+                                                 "(flywheel.rewards.judge.JudgeStats): requests, cache_hits, retries, "
+                                                 "repairs, failures, budget_missing, tokens_in, tokens_out, ...")
     calibration_uri: str | None = None
 
 

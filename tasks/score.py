@@ -190,6 +190,7 @@ def score(cfg: FlywheelConfig, uri: str, *, snapshot_hash: str, validation_repor
         policy=policy, reward_model_uri=rm.folder if rm else None, reward_model_version=rm.version if rm else None,
         reward_model_refreshed=bool(rm and rm.refreshed), reward_model_metrics=rm.metrics if rm else {},
         judge_requests=stats.requests if stats else 0, judge_cache_hits=stats.cache_hits if stats else 0,
+        judge_counts=stats.as_dict() if stats else {},
         calibration_uri=calibration_uri,
     )
 

@@ -67,7 +67,11 @@ def score(
         typer.echo(f"reward model {state_word}: v{rec.reward_model_version} {rec.reward_model_uri}"
                    + (f"  held-out AUC {m['heldout_auc']:.3f}" if "heldout_auc" in m else ""))
     if rec.judge_requests or rec.judge_cache_hits:
-        typer.echo(f"judge: {rec.judge_requests} requests, {rec.judge_cache_hits} cached verdicts")
+        c = rec.judge_counts
+        extra = ", ".join(f"{c[k]} {k.replace('_', ' ')}" for k in ("retries", "failures", "budget_missing",
+                                                                    "tokens_in", "tokens_out") if c.get(k))
+        typer.echo(f"judge: {rec.judge_requests} requests, {rec.judge_cache_hits} cached verdicts"
+                   + (f", {extra}" if extra else ""))
 
 
 @app.command("train-reward-model")

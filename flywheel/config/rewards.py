@@ -50,11 +50,27 @@ class JudgeConfig(_Strict):
     max_tokens: int = Field(256, ge=16, description="Verdict length cap.")
     json_mode: bool = Field(True, description="Send response_format={type: json_object} (vLLM, OpenAI); turn off for "
                                               "endpoints without it.")
-    on_failure: Literal["fail", "missing"] = Field("missing", description="After retries and one repair: fail the "
-                                                                          "stage, or mark the component missing (NaN) "
-                                                                          "for that row.")
+    on_failure: Literal["fail", "missing"] = Field("missing", description="After retries and one repair, or once "
+                                                                          "budget_tokens is spent: fail the stage, or "
+                                                                          "mark the component missing (NaN) for that "
+                                                                          "row.")
     cache: bool = Field(True, description="Cache verdicts in <state>/judge_cache.sqlite keyed by hash(rubric, model, "
                                           "params, input).")
+    max_requests_per_minute: int | None = Field(None, ge=1, description="Client-side request rate limit, retries "
+                                                                    "and repairs included: requests are spaced "
+                                                                    "evenly, 60/limit s apart. None = unlimited.")
+    max_tokens_per_minute: int | None = Field(None, ge=1, description="Client-side token rate limit (prompt + "
+                                                                  "completion): a request is charged its prompt "
+                                                                  "(characters / 4) + max_tokens up front, settled "
+                                                                  "with the answer's usage (characters / 4 when the "
+                                                                  "endpoint sends none). None = unlimited.")
+    budget_tokens: int | None = Field(None, ge=1, description="Tokens (prompt + completion, counted as for "
+                                                          "max_tokens_per_minute) the judge may spend per stage run "
+                                                          "(one night's score stage): a request starts only if its "
+                                                          "up-front charge fits in what is left. Then on_failure "
+                                                          "decides: fail stops the stage naming the budget, missing "
+                                                          "marks the remaining rows' component missing (NaN). None = "
+                                                          "unlimited.")
 
 
 class RewardModelConfig(_Strict):

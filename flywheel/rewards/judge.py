@@ -13,6 +13,11 @@ Hardening, in order:
 
 Requests run concurrently (semaphore), with timeouts and exponential backoff on 429, 5xx, timeouts and
 connection errors; successful verdicts are cached in SQLite keyed by hash(rubric, model, params, input).
+Each concurrency slot has its own keep-alive connection (one ``httpx.AsyncClient`` each: a shared pool re-scans
+every connection on every request, which serialised the event loop at 16 in flight), bodies are encoded with
+orjson and the TLS context is built once per process. Requests and tokens per minute and the night's token budget
+are enforced client-side (``flywheel.rewards.limits``); ``JudgeStats`` counts what was sent, cached, retried,
+failed, spent and left missing by the budget.
 """
 from __future__ import annotations
 
@@ -29,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
+from flywheel.rewards.judge_http import RETRYABLE, Connections
+from flywheel.rewards.limits import Budget, BudgetExhausted, JudgeStats, RateLimiter, estimate_tokens, prompt_tokens
 from flywheel.rewards.rules import degenerate_reason
 
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubrics"
@@ -37,6 +45,10 @@ RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubrics"
 
 class JudgeError(RuntimeError):
     """The judge could not give a valid verdict (after retries and the repair request)."""
+
+
+class JudgeBudgetError(JudgeError):
+    """The night's token budget (``rewards.judge.budget_tokens``) is spent and ``on_failure`` is ``fail``."""
 
 
 @dataclass(frozen=True)
@@ -184,24 +196,14 @@ class Verdict:
     precheck: bool = False  # decided by the degenerate-answer rule, no call
 
 
-@dataclass
-class JudgeStats:
-    requests: int = 0  # HTTP requests sent (retries and repairs included)
-    cache_hits: int = 0
-    prechecked: int = 0
-    failures: int = 0
-
-
-RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
 class JudgeClient:
     """Async OpenAI-compatible chat client for verdicts (``/chat/completions``)."""
 
     def __init__(self, base_url: str, model: str, api_key: str = "", *, concurrency: int = 16,
                  timeout_s: float = 60.0, max_retries: int = 4, backoff_s: float = 0.5, temperature: float = 0.0,
                  max_tokens: int = 256, json_mode: bool = True, cache: VerdictCache | None = None,
-                 on_failure: str = "missing"):
+                 on_failure: str = "missing", max_requests_per_minute: float | None = None,
+                 max_tokens_per_minute: float | None = None, budget_tokens: int | None = None):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, api_key
         self.concurrency, self.timeout_s = concurrency, timeout_s
@@ -209,6 +211,8 @@ class JudgeClient:
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
         self.json_mode, self.cache, self.on_failure = json_mode, cache, on_failure
         self.stats = JudgeStats()
+        self.rate = RateLimiter(max_requests_per_minute, max_tokens_per_minute)
+        self.budget = Budget(budget_tokens)
 
     @classmethod
     def from_config(cls, judge_cfg, state_dir: str | Path | None = None) -> JudgeClient:
@@ -219,68 +223,105 @@ class JudgeClient:
                    concurrency=judge_cfg.concurrency, timeout_s=judge_cfg.timeout_s,
                    max_retries=judge_cfg.max_retries, backoff_s=judge_cfg.backoff_s,
                    temperature=judge_cfg.temperature, max_tokens=judge_cfg.max_tokens,
-                   json_mode=judge_cfg.json_mode, cache=cache, on_failure=judge_cfg.on_failure)
+                   json_mode=judge_cfg.json_mode, cache=cache, on_failure=judge_cfg.on_failure,
+                   max_requests_per_minute=judge_cfg.max_requests_per_minute,
+                   max_tokens_per_minute=judge_cfg.max_tokens_per_minute, budget_tokens=judge_cfg.budget_tokens)
 
     def cache_key(self, kind: str, rubric_sha: str, payload: Any) -> str:
         return hashlib.sha256(json.dumps([kind, rubric_sha, self.model, self.params, payload],
                                          sort_keys=True).encode()).hexdigest()
 
-    async def _post(self, http: httpx.AsyncClient, messages: list[dict]) -> str:
-        """One chat completion with retries; returns the message content or raises ``JudgeError``."""
+    async def _post(self, http: Connections, messages: list[dict]) -> str:
+        """One chat completion with retries, each attempt paced and paid for; the message content, or ``JudgeError``.
+
+        Raises ``BudgetExhausted`` (before sending) when the night's budget cannot pay for the attempt.
+        """
         body: dict[str, Any] = {"model": self.model, "messages": messages, **self.params}
         if self.json_mode:
             body["response_format"] = {"type": "json_object"}
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        content = orjson.dumps(body)
+        headers = {"content-type": "application/json"}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        charge = prompt_tokens(messages) + int(self.params["max_tokens"])  # settled with the real usage
         last = ""
         for attempt in range(self.max_retries + 1):
             delay = self.backoff_s * 2 ** attempt * (1 + 0.25 * random.random())
-            self.stats.requests += 1
+            await self.budget.reserve(charge)
+            used = 0
             try:
-                r = await http.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return r.json()["choices"][0]["message"]["content"] or ""
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        raise JudgeError(f"endpoint answered 200 without choices[0].message.content: {e}") from None
-                if r.status_code not in RETRYABLE:
-                    raise JudgeError(f"endpoint answered HTTP {r.status_code}: {r.text[:200]}")
-                last = f"HTTP {r.status_code}"
-                retry_after = r.headers.get("retry-after")
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
-                    delay = min(float(retry_after), 60.0)
+                await self.rate.wait(charge)
+                self.stats.requests += 1
+                self.stats.retries += attempt > 0
+                try:
+                    r = await http.post(self.url, content=content, headers=headers, timeout=self.timeout_s)
+                except (httpx.TimeoutException, httpx.TransportError) as e:
+                    last = f"{type(e).__name__}: {e}"
+                else:
+                    if r.status_code == 200:
+                        text, used = self._answer(r, messages)
+                        return text
+                    if r.status_code not in RETRYABLE:
+                        raise JudgeError(f"endpoint answered HTTP {r.status_code}: {r.text[:200]}")
+                    last = f"HTTP {r.status_code}"
+                    retry_after = r.headers.get("retry-after")
+                    if retry_after and retry_after.replace(".", "", 1).isdigit():
+                        delay = min(float(retry_after), 60.0)
+            finally:
+                self.rate.settle(charge, used)
+                await self.budget.settle(charge, used)
             if attempt < self.max_retries:
                 await asyncio.sleep(delay)
         raise JudgeError(f"endpoint failed after {self.max_retries + 1} attempts: {last}")
 
+    def _answer(self, r: httpx.Response, messages: list[dict]) -> tuple[str, int]:
+        """(content, tokens used) of a 200 answer; tokens from ``usage``, else estimated (characters / 4)."""
+        try:
+            data = orjson.loads(r.content)
+            text = data["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise JudgeError(f"endpoint answered 200 without choices[0].message.content: {e}") from None
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not (isinstance(tokens_in, int) and isinstance(tokens_out, int)):
+            tokens_in, tokens_out = prompt_tokens(messages), estimate_tokens(text)
+            self.stats.usage_estimated += 1
+        self.stats.tokens_in += tokens_in
+        self.stats.tokens_out += tokens_out
+        return text, tokens_in + tokens_out
+
     async def _verdict(self, http, sem, messages: list[dict], parse: Callable[[str], Any]) -> Any:
-        """Ask, parse; one repair request on a malformed verdict; raises ``JudgeError`` on failure."""
+        """Ask, parse; one repair request on a malformed verdict; raises ``JudgeError`` on failure (and
+        ``JudgeBudgetError`` when the night's token budget is spent)."""
         async with sem:
-            content = await self._post(http, messages)
             try:
-                return parse(content)
-            except ValueError as first:
-                repair = messages + [
-                    {"role": "assistant", "content": content[:2000]},
-                    {"role": "user", "content": f"That reply is invalid ({first}). Reply again with ONLY the JSON "
-                                                "object in the required format."},
-                ]
-                content = await self._post(http, repair)
+                content = await self._post(http, messages)
                 try:
                     return parse(content)
-                except ValueError as second:
-                    raise JudgeError(f"invalid verdict after one repair: {second}") from None
+                except ValueError as first:
+                    repair = messages + [
+                        {"role": "assistant", "content": content[:2000]},
+                        {"role": "user", "content": f"That reply is invalid ({first}). Reply again with ONLY the "
+                                                    "JSON object in the required format."},
+                    ]
+                    self.stats.repairs += 1
+                    content = await self._post(http, repair)
+                    try:
+                        return parse(content)
+                    except ValueError as second:
+                        raise JudgeError(f"invalid verdict after one repair: {second}") from None
+            except BudgetExhausted as e:
+                raise JudgeBudgetError(str(e)) from None
 
     async def _run(self, jobs: list[Callable]) -> list[Any]:
         sem = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        http = Connections()
         self._pending: list[tuple[str, dict]] = []
         try:
-            async with httpx.AsyncClient(limits=limits) as http:
-                return await asyncio.gather(*(job(http, sem) for job in jobs))
+            return await asyncio.gather(*(job(http, sem) for job in jobs))
         finally:  # verdicts obtained before a failure are kept
+            await http.aclose()
+            self.stats.rate_limited_s = self.rate.waited_s
             if self.cache:
                 self.cache.put_many(self._pending)
             self._pending = []
@@ -332,6 +373,13 @@ class JudgeClient:
     async def _guarded(self, http, sem, messages, parse, key) -> Verdict:
         try:
             score, reasons = await self._verdict(http, sem, messages, parse)
+        except JudgeBudgetError as e:
+            if self.on_failure == "fail":
+                raise JudgeBudgetError(f"{e}: the judge stops here (on_failure: fail); raise "
+                                       "rewards.judge.budget_tokens, or set rewards.judge.on_failure: missing to mark "
+                                       "the rows left unjudged missing") from None
+            self.stats.budget_missing += 1
+            return Verdict(None, error=f"{e}: marked missing")
         except JudgeError as e:
             self.stats.failures += 1
             if self.on_failure == "fail":

@@ -9,19 +9,29 @@ Each request takes the next action of the script (then ``default``):
 ``echo``           replies with the judged answer text itself (a parroting model)
 
 A block that does not decode (an escaped delimiter) makes the "valid" verdict the maximum score: a fooled judge.
+
+One asyncio event loop (on a background thread) serves every connection with HTTP/1.1 keep-alive: the scripted
+``latency_s`` is an ``asyncio.sleep``, so 16 or 160 requests in flight cost no thread each and hold no lock, and a
+response goes out in one write. The verdict itself (``answer``) is computed on the loop in microseconds; the
+``slow`` action and a replaced ``answer`` (a test's blocking hook) run on a worker thread, so they never stall the
+other requests. Every answer carries ``usage`` (prompt and completion tokens, characters / 4) unless
+``usage=False``; ``received`` holds the ``time.monotonic()`` at which each chat request arrived.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import json
 import re
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 
 _BLOCK = re.compile(r"<<<DATA id=(\w+)>>>\n(.*?)\n<<<END DATA id=\1>>>", re.DOTALL)
 _RANGE = re.compile(r"number from (-?[\d.]+) to (-?[\d.]+)")
+_MAX_HEADER = 64 * 1024
 
 
 def default_score(answer: str, low: float, high: float) -> float:
@@ -35,19 +45,30 @@ def default_pair(a: str, b: str) -> str:
     return "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
 
 
+def count_tokens(text: str) -> int:
+    """The replay 'tokenizer': characters / 4, at least 1 for a non-empty text."""
+    return (len(text) + 3) // 4
+
+
 class ReplayServer:
     """``with ReplayServer(script=[...]) as s: s.base_url`` → ``http://127.0.0.1:PORT/v1``."""
 
     def __init__(self, script: list[str] | None = None, default: str = "valid", latency_s: float = 0.0,
                  slow_s: float = 5.0, score_fn: Callable[[str, float, float], float] = default_score,
-                 pair_fn: Callable[[str, str], str] = default_pair, port: int = 0):
+                 pair_fn: Callable[[str, str], str] = default_pair, port: int = 0, usage: bool = True):
         self.script, self.default = list(script or []), default
         self.latency_s, self.slow_s = latency_s, slow_s
-        self.score_fn, self.pair_fn, self.port = score_fn, pair_fn, port
+        self.score_fn, self.pair_fn, self.port, self.usage = score_fn, pair_fn, port, usage
         self.requests: list[dict] = []  # every request body received
         self.auth: list[str | None] = []  # Authorization header of each request
+        self.received: list[float] = []  # time.monotonic() at which each chat request arrived
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._address: tuple[str, int] | None = None
 
     @property
     def calls(self) -> int:
@@ -90,65 +111,134 @@ class ReplayServer:
         score = self.score_fn(str(data.get("answer", "")), low, high)
         return 200, json.dumps({"data_id": did, "score": score, "reasons": ["scripted"]})
 
+    # ------------------------------------------------------------------------------------------ HTTP
+    def _completion(self, body: dict, status: int, content: str) -> dict:
+        if status != 200:
+            return {"error": {"message": content}}
+        payload = {"id": "replay", "object": "chat.completion", "model": body.get("model", ""),
+                   "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": content}}]}
+        if self.usage:
+            prompt = sum(count_tokens(str(m.get("content") or "")) for m in body.get("messages") or []
+                         if isinstance(m, dict))
+            done = count_tokens(content)
+            payload["usage"] = {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+        return payload
+
+    async def _chat(self, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        self.received.append(time.monotonic())
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        self.auth.append(headers.get("authorization"))
+        action = self._next_action(body)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if action == "slow" or "answer" in self.__dict__:  # may block: a worker thread, never the loop
+            status, content = await asyncio.get_running_loop().run_in_executor(self._workers, self.answer, body,
+                                                                               action)
+        else:
+            status, content = self.answer(body, action)
+        return status, json.dumps(self._completion(body, status, content)).encode()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: requests one after another (keep-alive) until the client closes it."""
+        self._conns.add(writer)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    break
+                method, path, headers, raw = request
+                if method == "POST":
+                    status, out = await self._chat(raw, headers)
+                elif method == "GET":  # /v1/stats: how many chat requests were served (for other processes)
+                    status, out = (200 if path.endswith("/stats") else 404), json.dumps({"calls": self.calls}).encode()
+                else:
+                    status, out = 405, b'{"error": {"message": "method not allowed"}}'
+                close = headers.get("connection", "").lower() == "close"
+                head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: application/json",
+                        f"content-length: {len(out)}"] + (["connection: close"] if close else [])
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + out)  # one write: one segment
+                await writer.drain()
+                if close:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass  # the client went away (timed out) or sent garbage: drop the connection
+        finally:
+            self._conns.discard(writer)
+            writer.close()
+
     def __enter__(self) -> ReplayServer:
-        server = self
+        started = threading.Event()
+        self._workers = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="replay-answer")
+        self._loop = asyncio.new_event_loop()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=512,
+                                                      limit=_MAX_HEADER)
+            self._address = self._server.sockets[0].getsockname()[:2]
 
-            def log_message(self, *args):  # quiet
-                pass
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(start())
+            started.set()
+            self._loop.run_forever()
 
-            def do_GET(self):  # /v1/stats: how many chat requests were served (for other processes)
-                out = json.dumps({"calls": server.calls}).encode()
-                self.send_response(200 if self.path.endswith("/stats") else 404)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                try:
-                    body = json.loads(raw)
-                except json.JSONDecodeError:
-                    body = {}
-                server.auth.append(self.headers.get("authorization"))
-                action = server._next_action(body)
-                if server.latency_s:
-                    time.sleep(server.latency_s)
-                status, content = server.answer(body, action)
-                payload = {"id": "replay", "object": "chat.completion", "model": body.get("model", ""),
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": content}}]}
-                out = json.dumps(payload if status == 200 else {"error": {"message": content}}).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out
-                    pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 128
-
-        self._httpd = Server(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self._thread = threading.Thread(target=serve, name="replay-server", daemon=True)
+        self._thread.start()
+        started.wait(10)
         return self
 
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        assert self._address is not None, "server not started"
+        return f"http://127.0.0.1:{self._address[1]}/v1"
 
     def __exit__(self, *exc) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        if not (self._loop and self._server):
+            return
+
+        async def stop() -> None:
+            self._server.close()
+            for w in list(self._conns):
+                w.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._server = None
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+    """(method, path, lower-cased headers, body) of the next request; None when the client closed the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        if e.partial.strip():
+            raise
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _version = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readuntil(b"\r\n")  # the end of the (empty) trailer
+        raw = b"".join(chunks)
+    else:
+        raw = await reader.readexactly(int(headers.get("content-length") or 0))
+    return method, path, headers, raw
 
 
 def main() -> None:
