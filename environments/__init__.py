@@ -19,8 +19,8 @@ The pieces, bottom to top (each module's docstring explains its design):
 ``synthetic`` rejection sampling (threshold or best-of-k per task) into a chat dataset + its card.
 
 This package never imports Prefect, the pipeline stages, the flows, the demo, torch or ``models``
-(``.importlinter``); it needs only the standard library, pydantic and httpx (and pyarrow, through ``flywheel.pii``, to scrub
-style examples).
+(``.importlinter``); it needs only the standard library, pydantic and httpx (and pyarrow, through
+``flywheel.pii``, to scrub style examples).
 """
 
 BUILTIN_DOMAINS = ("acme_shop",)

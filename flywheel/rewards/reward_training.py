@@ -107,38 +107,68 @@ def preference_pairs(labels: list[float | None], groups: list[str], idx: list[in
     return pairs
 
 
-_NUMBER = re.compile(r"\d{4,}")
+_ID = re.compile(r"[A-Za-z0-9_-]*\d{4,}[A-Za-z0-9_-]*")  # a token with a run of 4+ digits: 123456, LAP-48213
 
 
-def transplant_numbers(completion: str, source_prompt: list[dict], target_prompt: list[dict]) -> str:
-    """``completion`` written for ``source_prompt``, with each number it copied from that prompt (runs of 4+ digits)
-    replaced by the number at the same place in ``target_prompt``: another request's answer, fitted to this one.
+def transplant_ids(completion: str, source_prompt: list[dict], target_prompt: list[dict]) -> str:
+    """``completion`` written for ``source_prompt``, with each identifier it copied from that prompt (a token with a
+    run of 4+ digits, prefix included) replaced by the identifier at the same place in ``target_prompt``: another
+    request's answer, fitted to this one.
 
-    >>> transplant_numbers('{"id": "111111"}', [{"content": "order 111111"}], [{"content": "order 222222"}])
+    >>> transplant_ids('{"id": "111111"}', [{"content": "order 111111"}], [{"content": "order 222222"}])
     '{"id": "222222"}'
+    >>> transplant_ids('{"asset": "LAP-48213"}', [{"content": "on LAP-48213."}], [{"content": "DSK-10001 is slow"}])
+    '{"asset": "DSK-10001"}'
     """
-    def numbers(prompt: list[dict]) -> list[str]:
-        return [n for m in prompt for n in _NUMBER.findall(str(m.get("content") or ""))]
+    def ids(prompt: list[dict]) -> list[str]:
+        return [n for m in prompt for n in _ID.findall(str(m.get("content") or ""))]
 
-    mapping = dict(zip(numbers(source_prompt), numbers(target_prompt)))
-    return _NUMBER.sub(lambda m: mapping.get(m.group(0), m.group(0)), completion)
+    mapping = dict(zip(ids(source_prompt), ids(target_prompt)))
+    return _ID.sub(lambda m: mapping.get(m.group(0), m.group(0)), completion)
+
+
+def answer_template(completion: str) -> str:
+    """The answer with its identifiers masked: answers that differ only in the ids they copied share a template.
+
+    >>> answer_template('{"team": "access", "asset": "LAP-48213"}')
+    '{"team": "access", "asset": "<id>"}'
+    """
+    return _ID.sub("<id>", completion.strip())
 
 
 def swapped_negatives(prompts: list[list[dict]], completions: list[str], labels: list[float | None],
                       idx: list[int], per_good: int, seed: int) -> list[tuple[int, str]]:
-    """(row, text) negatives: for each good row of ``idx``, ``per_good`` answers logged for OTHER requests, numbers
-    transplanted, that differ from the row's own answer. Preferring the row's answer to these teaches the reward
-    model to read the request: logs alone rarely show a right answer to the wrong request, so without them it scores
-    an answer by how often that answer was right overall, and PPO exploits it."""
+    """(row, text) negatives: for each good row of ``idx``, ``per_good`` answers logged for OTHER requests, ids
+    transplanted, of another answer template than the row's own (``answer_template``).
+
+    Preferring the row's answer to these teaches the reward model to read the request: logs alone rarely show a
+    right answer to the wrong request, so without them it scores an answer by how often that answer was right
+    overall, and PPO exploits it. The draws alternate (over rows and over each row's draws) between two pools:
+    - a labelled row, uniformly: answers in proportion to how often they were logged, the common, confusable ones;
+    - a template of the good rows, uniformly, then a row of it: an answer production seldom gives (so seldom right)
+      is shown wrong for other requests as often as a common one. Without it, a policy that learns the rare answer
+      for the requests that need it is not stopped from giving it everywhere (measured on ``it_helpdesk``, where
+      production almost never answers ``access``).
+    With free-text answers every answer is its own template, and both pools are uniform over rows."""
     rng = random.Random(seed)
-    out: list[tuple[int, str]] = []
     good = [i for i in idx if labels[i] == 1.0]
-    for i in good:
-        for _ in range(per_good):
-            for _attempt in range(8):
-                j = idx[rng.randrange(len(idx))]
-                other = transplant_numbers(completions[j], prompts[j], prompts[i])
-                if j != i and other.strip() != completions[i].strip():
+    by_template: dict[str, list[int]] = {}
+    for j in good:
+        by_template.setdefault(answer_template(completions[j]), []).append(j)
+    templates = sorted(by_template)
+    out: list[tuple[int, str]] = []
+    for k, i in enumerate(good):
+        own = answer_template(completions[i])
+        for n in range(per_good):
+            by_row = (k + n) % 2 == 0 or len(templates) < 2
+            for _attempt in range(16):  # a draw of the row's own template is drawn again
+                if by_row:
+                    j = idx[rng.randrange(len(idx))]
+                else:
+                    rows = by_template[templates[rng.randrange(len(templates))]]
+                    j = rows[rng.randrange(len(rows))]
+                other = transplant_ids(completions[j], prompts[j], prompts[i])
+                if answer_template(other) != own and other.strip() != completions[i].strip():
                     out.append((i, other))
                     break
     return out
