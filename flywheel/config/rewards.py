@@ -95,11 +95,14 @@ class RewardModelConfig(_Strict):
                                                     "within this many days before the night's newest row (labels "
                                                     "accumulate across nights); 0 = this night's snapshot only.")
     swap_negatives: int = Field(1, ge=0, description="Per good row, Bradley-Terry pairs against answers logged for "
-                                                     "other requests (ids transplanted; drawn alternately over the "
-                                                     "labelled rows and over the good answers' templates, so rare "
-                                                     "answers are shown wrong too): teaches the model to read the "
+                                                     "other requests (ids transplanted): teaches the model to read the "
                                                      "request, so PPO cannot win by giving every request the answer "
                                                      "most often right. 0 = off.")
+    swap_draw: Literal["rows", "mixed"] = Field("rows", description="How swapped answers are drawn: a labelled row "
+                                                                    "uniformly, or 'mixed': alternately that and "
+                                                                    "a good answer's template uniformly, so an "
+                                                                    "answer production seldom gives is shown wrong "
+                                                                    "too (measured on it_helpdesk; see README).")
     epochs: int = Field(6, ge=1, description="Training epochs (6 reached held-out AUC >= 0.8 on the demo logs).")
     batch_size: int = Field(32, ge=1, description="Rows per step.")
     learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate (LoRA + head).")

@@ -137,13 +137,14 @@ def answer_template(completion: str) -> str:
 
 
 def swapped_negatives(prompts: list[list[dict]], completions: list[str], labels: list[float | None],
-                      idx: list[int], per_good: int, seed: int) -> list[tuple[int, str]]:
+                      idx: list[int], per_good: int, seed: int, draw: str = "rows") -> list[tuple[int, str]]:
     """(row, text) negatives: for each good row of ``idx``, ``per_good`` answers logged for OTHER requests, ids
-    transplanted, of another answer template than the row's own (``answer_template``).
+    transplanted, that differ from the row's own answer (``draw="mixed"``: of another answer template).
 
     Preferring the row's answer to these teaches the reward model to read the request: logs alone rarely show a
     right answer to the wrong request, so without them it scores an answer by how often that answer was right
-    overall, and PPO exploits it. The draws alternate (over rows and over each row's draws) between two pools:
+    overall, and PPO exploits it. ``draw="rows"`` (the default) draws a labelled row uniformly; ``"mixed"`` alternates
+(over rows and over each row's draws) between two pools:
     - a labelled row, uniformly: answers in proportion to how often they were logged, the common, confusable ones;
     - a template of the good rows, uniformly, then a row of it: an answer production seldom gives (so seldom right)
       is shown wrong for other requests as often as a common one. Without it, a policy that learns the rare answer
@@ -160,7 +161,7 @@ def swapped_negatives(prompts: list[list[dict]], completions: list[str], labels:
     for k, i in enumerate(good):
         own = answer_template(completions[i])
         for n in range(per_good):
-            by_row = (k + n) % 2 == 0 or len(templates) < 2
+            by_row = draw == "rows" or (k + n) % 2 == 0 or len(templates) < 2
             for _attempt in range(16):  # a draw of the row's own template is drawn again
                 if by_row:
                     j = idx[rng.randrange(len(idx))]
@@ -168,7 +169,8 @@ def swapped_negatives(prompts: list[list[dict]], completions: list[str], labels:
                     rows = by_template[templates[rng.randrange(len(templates))]]
                     j = rows[rng.randrange(len(rows))]
                 other = transplant_ids(completions[j], prompts[j], prompts[i])
-                if answer_template(other) != own and other.strip() != completions[i].strip():
+                fits = j != i if draw == "rows" else answer_template(other) != own
+                if fits and other.strip() != completions[i].strip():
                     out.append((i, other))
                     break
     return out
@@ -251,7 +253,8 @@ def train_on_snapshot(cfg, df, prompts: list[list[dict]], out_dir: str | Path, p
     row_prompts = [prompts[r] for r in ts.texts_index]
     row_completions = [completions[r] for r in ts.texts_index]
     train_texts, train_labels = [texts[i] for i in train], [ts.labels[i] for i in train]
-    for i, other in swapped_negatives(row_prompts, row_completions, ts.labels, train, rcfg.swap_negatives, rcfg.seed):
+    for i, other in swapped_negatives(row_prompts, row_completions, ts.labels, train, rcfg.swap_negatives, rcfg.seed,
+                                      rcfg.swap_draw):
         train_texts.append(format_input(tok, row_prompts[i], other))
         train_labels.append(None)  # no pointwise label: only "worse than the row's own good answer"
         pairs.append((local[i], len(train_texts) - 1))
@@ -267,7 +270,7 @@ def train_on_snapshot(cfg, df, prompts: list[list[dict]], out_dir: str | Path, p
     y = [ts.labels[i] for i in test]
     test_pairs = preference_pairs(ts.labels, ts.groups, test)
     pos = {g: k for k, g in enumerate(test)}
-    swaps = swapped_negatives(row_prompts, row_completions, ts.labels, test, 1, rcfg.seed + 1)
+    swaps = swapped_negatives(row_prompts, row_completions, ts.labels, test, 1, rcfg.seed + 1, rcfg.swap_draw)
     swap_scores = raw_scores(result.model, result.tokenizer, [format_input(tok, row_prompts[i], o) for i, o in swaps],
                              rcfg.max_length, rcfg.device) if swaps else []
     metrics = {

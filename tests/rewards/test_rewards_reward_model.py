@@ -54,15 +54,16 @@ def test_swapped_negatives_are_other_answers_fitted_to_the_request():
 
 
 def test_swapped_negatives_show_a_rarely_given_answer_as_often_as_a_common_one():
-    """Half the negatives are drawn uniformly over the good rows' answer templates (ids masked), not over rows: an
-    answer production seldom gives is still shown wrong for other requests."""
+    """draw="mixed": half the negatives are drawn uniformly over the good rows' answer templates (ids masked), not
+    over rows: an answer production seldom gives is still shown wrong for other requests."""
     from flywheel.rewards.reward_training import answer_template, swapped_negatives
 
     kinds = ["refund"] * 8 + ["track"] * 8 + ["cancel"]  # cancel: right once in the logs
     prompts = [[{"role": "user", "content": f"{k} order {100000 + n}"}] for n, k in enumerate(kinds)]
     answers = [f'{{"intent": "{k}", "order_id": "{100000 + n}"}}' for n, k in enumerate(kinds)]
     labels = [1.0] * len(kinds)
-    negatives = swapped_negatives(prompts, answers, labels, list(range(len(kinds))), per_good=20, seed=0)
+    negatives = swapped_negatives(prompts, answers, labels, list(range(len(kinds))), per_good=20, seed=0,
+                                  draw="mixed")
     of_refund_rows = [t for i, t in negatives if kinds[i] == "refund"]
     assert len(of_refund_rows) == 160
     assert all(answer_template(t) != answer_template(answers[0]) for t in of_refund_rows)  # another template
