@@ -20,13 +20,7 @@ from environments import load_builtin
 from environments.env import Environment
 from environments.users import GREETING, STOP, LLMUser, user_system_prompt
 
-REPO = Path(__file__).resolve().parents[2]
-VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not VLLM_PY.exists(),
-                       reason=".venv-vllm is absent: build it with `make vllm-env` (make test does)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 DOMAIN = load_builtin("acme_shop")
 TASK = DOMAIN.task("000_status")  # one get_order, then "shipped" must be said (reward basis DB + COMMUNICATE)
@@ -89,12 +83,12 @@ def user_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(user_model, tmp_path_factory):
+def server(user_model, tmp_path_factory, vllm_api_command):
     """``vllm.entrypoints.openai.api_server`` on the user model, on 127.0.0.1; stopped by its PID at the end."""
     from flywheel import serving
     from flywheel.config.release import ServeConfig
 
-    cfg = ServeConfig(command=[str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server"], served_model_name=SERVED,
+    cfg = ServeConfig(command=vllm_api_command, served_model_name=SERVED,
                       max_model_len=1024, max_lora_rank=8, max_loras=1)
     t0 = time.time()
     info = serving.start_server(cfg, user_model, {}, tmp_path_factory.mktemp("vllm") / "vllm.log", port=free_port())

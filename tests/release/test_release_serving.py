@@ -7,19 +7,12 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[2]
-VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not VLLM_PY.exists(),
-                       reason=".venv-vllm is absent: build it with `make vllm-env` (make test does)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
 def free_port() -> int:
@@ -36,7 +29,8 @@ def _register(cfg, adapter, passed, evaluated, base):
                                              lineage=Lineage(base_model=str(base)))
 
 
-def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(tiny, state_dir, tmp_path):
+def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(tiny, state_dir, tmp_path,
+                                                                                  vllm_api_command):
     import flywheel.cli  # noqa: F401  (registers the commands)
     from demo.support_triage import reward_components
     from flywheel import serving
@@ -53,7 +47,7 @@ def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(
     cfg_file.write_text(yaml.safe_dump({
         "project": {"state_dir": str(state_dir)}, "evaluate": {"golden_set": str(golden)},
         "rewards": {"components": fmt},
-        "serve": {"port": free_port(), "command": [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server"],
+        "serve": {"port": free_port(), "command": vllm_api_command,
                   "smoke_min_pass_rate": 0.8},
     }))
     cfg = load_config(cfg_file)
