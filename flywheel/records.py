@@ -33,6 +33,9 @@ class Observation(BaseModel):
     object_quarantine_uri: str | None = None
     manifest_pending_uri: str | None = None
     seconds: dict[str, float] = {}  # phase -> seconds: list, read (waiting for downloads), parse, write
+    feedback_events: int = 0  # new delayed-feedback events folded into the feedback table (flywheel.feedback)
+    feedback_quarantined: int = 0  # feedback lines that were not valid events
+    feedback_table_uri: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- validate
@@ -89,6 +92,11 @@ class Scores(BaseModel):
                                                  "(flywheel.rewards.judge.JudgeStats): requests, cache_hits, retries, "
                                                  "repairs, failures, budget_missing, tokens_in, tokens_out, ...")
     calibration_uri: str | None = None
+    feedback_joined: int = 0  # this night's rows whose feedback came from the delayed-feedback table
+    feedback_joined_history: int = 0  # earlier nights' rows (the reward model's history) that got delayed feedback
+    feedback_unknown: int = 0  # request ids with feedback but no observed interaction (quarantined)
+    feedback_quarantine_uri: str | None = None
+    feedback_table_hash: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- lineage

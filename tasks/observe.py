@@ -10,6 +10,9 @@
   with 0 rows: its manifest entry says ``"status": "empty"`` and the message counts it.
 - Parsing (``flywheel.logparse``): every line becomes one snapshot row; lines that are not a JSON object keep
   their raw text and a reason in ``_errors`` so validate quarantines them before Great Expectations.
+- Delayed feedback (``flywheel.feedback``): the events under ``<source>/_feedback/dt=.../`` (the gateway's
+  ``POST /v1/feedback``) are folded into ``<state>/feedback/table.parquet`` every night, new interactions or not;
+  the score stage joins that table.
 
 The manifest is committed by ``commit_manifest`` once the snapshot has been validated (``observe(commit=True)``
 commits at once), so a batch stopped by a gate is read again after the fix. ``observe_logs`` and
@@ -34,6 +37,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from flywheel.config.data import SourceConfig
+from flywheel.feedback import FeedbackObservation, observe_feedback
 from flywheel.logformats import UnreadableObject
 from flywheel.logparse import RAW_SCHEMA, parse_object
 from flywheel.records import Observation
@@ -246,15 +250,18 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
     """Read every object of ``source`` not yet in the manifest into ``<state>/snapshots/<hash>.raw.parquet``."""
     state = Path(state_dir)
     start = time.perf_counter()
+    feedback = observe_feedback(source, state)  # delayed feedback, folded every night (flywheel.feedback)
+    fed = {"feedback_events": feedback.events, "feedback_quarantined": feedback.quarantined,
+           "feedback_table_uri": feedback.table_uri}
     reader = open_source(source)
     refs = reader.list()
     seconds = {"list": time.perf_counter() - start}
     new = _new_objects(refs, load_manifest(manifest_path(state, source.uri))["objects"])
     if not new.wanted and not new.unsafe:
         return Observation(source_uri=source.uri, new_data=False, objects_skipped=new.skipped,
-                           objects_ignored=new.ignored, seconds=seconds,
+                           objects_ignored=new.ignored, seconds=seconds, **fed,
                            message=f"no new data in {source.uri}: {new.skipped} objects already processed, "
-                                   f"{new.ignored} ignored")
+                                   f"{new.ignored} ignored" + _feedback_note(feedback))
 
     snapshots = state / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
@@ -278,14 +285,23 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
         objects_read=len(tally.digests), objects_quarantined=len(tally.unreadable), objects_skipped=new.skipped,
         objects_ignored=new.ignored, bytes_read=tally.bytes_read, partitions=partitions,
         object_quarantine_uri=str(object_quarantine) if object_quarantine else None,
-        manifest_pending_uri=str(pending), seconds={phase: round(s, 3) for phase, s in seconds.items()},
+        manifest_pending_uri=str(pending), seconds={phase: round(s, 3) for phase, s in seconds.items()}, **fed,
         message=f"read {tally.rows} rows from {len(tally.digests)} objects in {len(partitions)} partitions"
                 + (f"; {len(tally.unreadable)} unreadable objects quarantined" if tally.unreadable else "")
-                + (f"; {tally.empty} empty objects (no rows)" if tally.empty else ""),
+                + (f"; {tally.empty} empty objects (no rows)" if tally.empty else "") + _feedback_note(feedback),
     )
     if commit:
         commit_manifest(observation, state)
     return observation
+
+
+def _feedback_note(feedback: FeedbackObservation) -> str:
+    if not (feedback.events or feedback.quarantined or feedback.errors):
+        return ""
+    return (f"; {feedback.events} feedback events ({feedback.requests} requests with feedback)"
+            + (f", {feedback.quarantined} invalid feedback lines quarantined" if feedback.quarantined else "")
+            + (f", {len(feedback.errors)} feedback objects unreadable (read again next time)"
+               if feedback.errors else ""))
 
 
 class _NoProgress:

@@ -1,6 +1,7 @@
 """The score stage: clean snapshot → scored Parquet (one ``reward_<name>`` column per component + ``reward_total``).
 
-1. read the clean snapshot; prompts are its ``messages`` (JSON chat), completions its ``completion``;
+1. read the clean snapshot; prompts are its ``messages`` (JSON chat), completions its ``completion``; join the
+   delayed-feedback table (``flywheel.feedback``) onto it, and quarantine feedback whose request id was never seen;
 2. refresh the reward model when enough new feedback labels arrived (else reuse the current one), on the labelled
    rows of the last ``rewards.reward_model.history_days`` of validated snapshots;
 3. score every component (rules, KPI, reward model, LLM judge), fit the zscore stats, compute the total;
@@ -21,6 +22,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from flywheel.config import FlywheelConfig
+from flywheel.feedback import join_feedback, known_request_ids, load_feedback_table, quarantine_unknown, table_hash
 from flywheel.records import NONE, Scores, Validation
 from flywheel.retries import is_transient_io
 from flywheel.rewards.composite import ComponentSpec, Composite, spec_hash, specs_to_json, weighted_total
@@ -73,13 +75,19 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------- steps
-def refresh_reward_model_if_due(cfg: FlywheelConfig, uri: str, df, specs, progress: bool):
-    """(policy, reward model or None): retrain the reward model on the feedback of the last
-    ``rewards.reward_model.history_days`` when enough new labels arrived, else reuse it."""
+def refresh_reward_model_if_due(cfg: FlywheelConfig, uri: str, df, specs, progress: bool, feedback=None):
+    """(policy, reward model or None, earlier rows that got delayed feedback): retrain the reward model on the
+    feedback of the last ``rewards.reward_model.history_days`` (delayed feedback joined) when enough new labels
+    arrived, else reuse it."""
     from flywheel.rewards.calibration import choose_policy
     from flywheel.rewards.reward_training import labelled_history, refresh_reward_model
 
-    history = labelled_history(cfg, df, uri)
+    history = labelled_history(cfg, df, uri, feedback=feedback)
+    late = 0
+    if feedback is not None and len(feedback) and len(history) and "request_id" in history.columns:
+        ids = history["request_id"].astype(str)
+        late = int((ids.isin(set(feedback["request_id"].astype(str)))
+                    & ~ids.isin(set(df["request_id"].astype(str)))).sum())
     context = context_of(history)
     rcfg = cfg.rewards.reward_model
     n_labels = sum(binary_label(r, rcfg.labels, rcfg.stepped_in) is not None for r in _rows(context, len(history)))
@@ -88,7 +96,7 @@ def refresh_reward_model_if_due(cfg: FlywheelConfig, uri: str, df, specs, progre
     if any(s.kind == "reward_model" for s in specs):
         rm = refresh_reward_model(cfg, history, prompts_of(history), allow_training=policy == "reward_model",
                                   progress=progress)
-    return policy, rm
+    return policy, rm, late
 
 
 def score_components(cfg: FlywheelConfig, specs: list[ComponentSpec], rm, judge_client, prompts, completions,
@@ -168,9 +176,14 @@ def score(cfg: FlywheelConfig, uri: str, *, snapshot_hash: str, validation_repor
     ``snapshot_hash`` and ``validation_report_uri`` name the validation the snapshot came from (lineage).
     """
     df = read_snapshot(uri)
+    # 1b. delayed feedback (flywheel.feedback): latest event per field wins over the logged value
+    table = load_feedback_table(cfg.state)
+    df, joined = join_feedback(df, table)
+    known = known_request_ids(cfg.state, df["request_id"]) if len(table) else set()
+    unknown, unknown_uri = quarantine_unknown(cfg.state, table, known, snapshot_hash[:16])
     prompts, completions, context = prompts_of(df), [str(c) for c in df["completion"]], context_of(df)
     specs = specs_of(cfg)
-    policy, rm = refresh_reward_model_if_due(cfg, uri, df, specs, progress)
+    policy, rm, late = refresh_reward_model_if_due(cfg, uri, df, specs, progress, feedback=table)
     judge_client = None
     if any(s.kind == "llm_judge" for s in specs):
         from flywheel.rewards.judge import JudgeClient
@@ -191,7 +204,8 @@ def score(cfg: FlywheelConfig, uri: str, *, snapshot_hash: str, validation_repor
         reward_model_refreshed=bool(rm and rm.refreshed), reward_model_metrics=rm.metrics if rm else {},
         judge_requests=stats.requests if stats else 0, judge_cache_hits=stats.cache_hits if stats else 0,
         judge_counts=stats.as_dict() if stats else {},
-        calibration_uri=calibration_uri,
+        calibration_uri=calibration_uri, feedback_joined=joined, feedback_joined_history=late,
+        feedback_unknown=unknown, feedback_quarantine_uri=unknown_uri, feedback_table_hash=table_hash(cfg.state),
     )
 
 

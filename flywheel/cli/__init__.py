@@ -4,6 +4,7 @@ from flywheel.cli import (
     config_cmds,  # noqa: F401
     data,  # noqa: F401
     flow,  # noqa: F401
+    gateway,  # noqa: F401
     release,  # noqa: F401
     rewards,  # noqa: F401
     train,  # noqa: F401

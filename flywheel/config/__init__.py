@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from flywheel.config.agent import AgentConfig
 from flywheel.config.data import SourceConfig, ValidateConfig
+from flywheel.config.gateway import GatewayConfig
 from flywheel.config.release import EvaluateConfig, RegistryConfig, ScheduleConfig, ServeConfig
 from flywheel.config.rewards import RewardsConfig
 from flywheel.config.train import ModelConfig, TinyBaseConfig, TrainConfig
@@ -25,7 +26,7 @@ from flywheel.config.train import ModelConfig, TinyBaseConfig, TrainConfig
 __all__ = [
     "ConfigError", "FlywheelConfig", "ProjectConfig", "load_config", "render_config",
     "SourceConfig", "ValidateConfig", "ModelConfig", "TinyBaseConfig", "TrainConfig", "RewardsConfig",
-    "EvaluateConfig", "RegistryConfig", "ServeConfig", "ScheduleConfig", "AgentConfig",
+    "EvaluateConfig", "RegistryConfig", "ServeConfig", "ScheduleConfig", "AgentConfig", "GatewayConfig",
 ]
 
 
@@ -56,6 +57,7 @@ class FlywheelConfig(Strict):
     serve: ServeConfig = ServeConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     agent: AgentConfig = AgentConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

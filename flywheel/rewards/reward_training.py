@@ -186,11 +186,12 @@ def _passed_snapshots(state: Path) -> list[Path]:
     return out
 
 
-def labelled_history(cfg, df, snapshot_uri: str | Path | None = None):
+def labelled_history(cfg, df, snapshot_uri: str | Path | None = None, feedback=None):
     """The rows the reward model learns from: ``df`` (this night's clean snapshot) plus the labelled rows of the
     earlier validated snapshots within ``rewards.reward_model.history_days`` before ``df``'s newest row; one row per
     ``request_id`` (this night's wins). Later snapshots than ``df`` are never read, so a rerun of an old night trains
-    on what that night knew."""
+    on what that night knew. ``feedback`` (``flywheel.feedback.load_feedback_table``) is joined onto the earlier
+    rows before they are filtered, so a label that arrived after their night still counts."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -210,6 +211,10 @@ def labelled_history(cfg, df, snapshot_uri: str | Path | None = None):
         if not {"request_id", "timestamp", *labels} <= names:
             continue  # not a snapshot of this schema
         old = pq.read_table(path, columns=[c for c in df.columns if c in names]).to_pandas()
+        if feedback is not None:
+            from flywheel.feedback import join_feedback
+
+            old, _ = join_feedback(old, feedback)
         ts = pd.to_datetime(old["timestamp"], utc=True)
         keep = (ts >= start) & (ts <= newest) & old[labels].notna().any(axis=1)
         frames.append(old[keep])
