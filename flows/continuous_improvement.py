@@ -4,7 +4,8 @@ Each stage is a Prefect task of ``tasks/`` passing the typed records of ``flywhe
 hashes, ids, each naming its upstream record). ``flows/_stage.py``
 gives every call its night-stamped run name, persisted result, input-derived cache key (a rerun of the same night
 skips finished stages) and a failure message naming the stage. Every run publishes a Markdown summary and a gate
-table as Prefect artifacts, and returns a ``NightRecord``.
+table as Prefect artifacts, and returns a ``NightRecord``; the summary also lists the canary decisions taken since
+the previous night (``flywheel/gateway/decisions.py``: the gateway's monitor, ``flywheel canary``, registry tags).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from flows._stage import Night, StageFailed, digest, run_glue, run_stage
 from flywheel.config import FlywheelConfig, load_config
+from flywheel.gateway.decisions import CanarySummary, canary_summary, summary_lines, table_rows
 from flywheel.records import Candidate, Deployment, Evaluation, Release
 from tasks.deploy import deploy_champion
 from tasks.evaluate import evaluate_candidate
@@ -38,6 +40,7 @@ class NightRecord(BaseModel):
     rows_in: int = 0
     rows_clean: int = 0
     rows_quarantined: int = 0
+    feedback_joined: int = 0  # tonight's rows whose feedback came from the delayed-feedback table (the gateway's)
     snapshot_hash: str | None = None
     champion_reward: float | None = None
     candidate_reward: float | None = None
@@ -58,6 +61,8 @@ class NightRecord(BaseModel):
     eval_run_id: str | None = None
     eval_report_html: str | None = None
     deploy: dict[str, Any] = Field(default_factory=dict)
+    canary: dict[str, Any] = Field(default_factory=dict, description="canary decisions since the previous night "
+                                   "(a CanarySummary)")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     stage_run_seconds: dict[str, float] = Field(default_factory=dict)
     cached: dict[str, bool] = Field(default_factory=dict)
@@ -100,18 +105,19 @@ def continuous_improvement(config_path: str | None = None, day: str | None = Non
     if not observation.new_data:
         record = NightRecord(day=night.day, status="skipped", reason=f"no new logs: {observation.message}")
         log.info(record.reason)
-        return _finish(night, record)
+        return _finish(night, record, cfg)
     clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validation, str(cfg.state))
     run_stage(night, "commit", commit_observed, observation, str(cfg.state))
     record = NightRecord(day=night.day, status="completed", rows_in=clean.rows_in, rows_clean=clean.rows_clean,
                          rows_quarantined=clean.rows_quarantined, snapshot_hash=clean.snapshot_hash)
     scores = run_stage(night, "score", score_snapshot, cfg, clean)
+    record.feedback_joined = scores.feedback_joined
     candidate = run_stage(night, "train", train_candidate, cfg, scores)
     evaluation = run_stage(night, "evaluate", evaluate_candidate, cfg, candidate, scores)
     release = run_stage(night, "promote", promote_candidate, cfg, candidate, evaluation)
     deployment = run_stage(night, "deploy", deploy_champion, cfg, release)
     record_outcome(record, candidate, evaluation, release, deployment)
-    return _finish(night, record)
+    return _finish(night, record, cfg)
 
 
 def record_outcome(record: NightRecord, candidate: Candidate, evaluation: Evaluation, release: Release,
@@ -157,7 +163,8 @@ def reward_curve(metrics_uri: str | None) -> list[float]:
     return [round(float(r["objective/scores"]), 4) for r in rows if "objective/scores" in r]
 
 
-def _finish(night: Night, record: NightRecord) -> NightRecord:
+def _finish(night: Night, record: NightRecord, cfg: FlywheelConfig) -> NightRecord:
+    record.canary = run_glue("canary", canary_summary, cfg, night.day).model_dump(mode="json")
     record.stage_seconds, record.cached = dict(night.seconds), dict(night.cached)
     record.stage_run_seconds = dict(night.run_seconds)
     publish_artifacts(record)
@@ -168,8 +175,8 @@ def fmt(x: Any) -> str:
     return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
-def publish_artifacts(record: NightRecord) -> None:
-    """Markdown summary + gate table (+ stage timings) as Prefect artifacts of this flow run."""
+def summary_markdown(record: NightRecord) -> str:
+    """The night's Markdown summary: rows, rewards, decision, links, timings, then the canary decisions."""
     ci = record.candidate_ci or [None, None]
     lines = [
         f"# Night {record.day}: {record.status}",
@@ -190,12 +197,23 @@ def publish_artifacts(record: NightRecord) -> None:
         f"- Stage seconds: {', '.join(f'{k} {v:.1f}' for k, v in record.stage_seconds.items())}",
         f"- Reused from an earlier run of this night: {', '.join(k for k, v in record.cached.items() if v) or 'none'}",
     ]
-    create_markdown_artifact(key="nightly-summary", markdown="\n".join(lines), description=f"night {record.day}")
+    if record.canary:
+        lines += ["", *summary_lines(CanarySummary.model_validate(record.canary))]
+    return "\n".join(lines)
+
+
+def publish_artifacts(record: NightRecord) -> None:
+    """Markdown summary + gate table (+ stage timings, canary decisions) as Prefect artifacts of this flow run."""
+    create_markdown_artifact(key="nightly-summary", markdown=summary_markdown(record),
+                             description=f"night {record.day}")
     if record.gates:
         create_table_artifact(key="nightly-gates", table=[
             {"gate": g.get("name"), "value": g.get("value"), "threshold": g.get("threshold"),
              "passed": g.get("passed"), "reason": g.get("reason")} for g in record.gates],
             description=f"gate decisions, night {record.day}")
+    if record.canary.get("entries"):
+        create_table_artifact(key="nightly-canary", table=table_rows(CanarySummary.model_validate(record.canary)),
+                              description=f"canary decisions since the previous night, night {record.day}")
     create_table_artifact(key="nightly-stages", table=[
         {"stage": k, "seconds": v, "cached": record.cached.get(k, False)} for k, v in record.stage_seconds.items()],
         description=f"stage timings, night {record.day}")

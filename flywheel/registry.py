@@ -1,7 +1,9 @@
 """The model registry: one registered model per use case in MLflow, its aliases, lineage tags and adapters.
 
 Aliases, never stages:
-- ``challenger``: the newest registered candidate (set on registration, whatever the decision);
+- ``challenger``: the newest registered candidate (set on registration, whatever the decision); with
+  ``release_mode="canary"`` only a candidate that passed, which then stays out of ``champion`` (decision ``canary``)
+  until the gateway's monitor promotes or rolls it back (``flywheel/gateway/monitor.py``);
 - ``champion``: moved only when every gate passed, the champion has not changed since the candidate was evaluated,
   and every artifact (adapter, evaluation report) is written and listed;
 - ``previous``: the champion that was replaced. Invariant: ``previous`` == the champion's ``parent_champion_version``
@@ -180,6 +182,25 @@ def _decide(passed: bool, reason: str, evaluated_champion: int | None, champion:
     return "promoted", reason
 
 
+def _now_ms() -> str:
+    """UTC now as ``2026-11-25T14:03:22.123Z`` (the gateway's decision timestamps, so they sort together)."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _release_to_canary(client, name: str, version: int, champion: int, reason: str) -> str:
+    """``challenger`` <- ``version`` (the champion stays); a challenger still in its canary is superseded."""
+    old = alias_version(client, name, CHALLENGER)
+    if old is not None and old not in (version, champion):
+        client.set_model_version_tag(name, str(old), "canary_decision", "superseded")
+        client.set_model_version_tag(name, str(old), "canary_reason", f"superseded by v{version} before a decision")
+        client.set_model_version_tag(name, str(old), "canary_at", _now_ms())
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    return (f"released to canary: v{version} is challenger, champion v{champion} stays; the gateway's monitor "
+            f"promotes or rolls it back on live KPIs ({reason})")
+
+
 def _set_alias_order(client, name: str, version: int, parent: int | None) -> None:
     """``previous`` first, then ``champion``: a crash in between leaves previous == champion, never a lost release."""
     if parent is not None:
@@ -204,15 +225,20 @@ def promote(
     expect_logged: list[str] = (),
     lock_timeout_s: float = 600.0,
     require_fresh_evaluation: bool = True,
+    release_mode: str = "all",
 ) -> Release:
     """Register ``adapter_dir`` as a new version (alias ``challenger``); make it ``champion`` only if ``passed``.
 
+    ``release_mode="canary"``: a version that passed gets ``challenger`` only (decision ``canary``), one that did not
+    gets no alias; with no champion yet it is promoted (a canary needs a champion to compare with).
     ``report_files`` are logged under ``evaluation/``; ``expect_logged`` names artifacts already in ``run_id``
     (e.g. ``evaluation/report.json`` logged by the evaluate stage) that must exist before ``champion`` moves.
     """
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise PromotionError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json)")
+    if release_mode not in ("all", "canary"):
+        raise PromotionError(f"registry.release_mode: must be 'all' or 'canary', got {release_mode!r}")
     lineage = lineage or Lineage()
     if lineage.code_revision in ("", NONE):
         lineage = lineage.model_copy(update={"code_revision": code_revision()})
@@ -232,9 +258,13 @@ def promote(
         source = f"{client.get_run(run_id).info.artifact_uri}/adapter"
         mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
         version = int(mv.version)
-        client.set_registered_model_alias(model_name, CHALLENGER, str(version))
+        canary = release_mode == "canary" and parent is not None
+        if not canary:
+            client.set_registered_model_alias(model_name, CHALLENGER, str(version))
         # 3. decide
         decision, why = _decide(passed, reason, evaluated_champion, parent, missing, require_fresh_evaluation)
+        if canary and decision == "promoted":
+            decision, why = "canary", _release_to_canary(client, model_name, version, parent, why)
         client.set_model_version_tag(model_name, str(version), "decision", decision)
         client.set_model_version_tag(model_name, str(version), "decision_reason", why[:_TAG_MAX])
         client.set_tag(run_id, "release.decision", decision)
@@ -272,6 +302,21 @@ def rollback(*, tracking_uri: str, model_name: str, state_dir: str | Path, reaso
                        champion_version=prev, previous_version=int(grand) if grand else None)
 
 
+def withdraw_challenger(*, tracking_uri: str, model_name: str, state_dir: str | Path, version: int, reason: str,
+                        lock_timeout_s: float = 600.0) -> bool:
+    """End ``version``'s canary (the ``challenger`` alias removed, ``canary_decision=rolled_back``); False when the
+    challenger is no longer ``version``."""
+    client = client_for(tracking_uri)
+    with registry_lock(state_dir, model_name, lock_timeout_s):
+        if alias_version(client, model_name, CHALLENGER) != version:
+            return False
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+        client.set_model_version_tag(model_name, str(version), "canary_decision", "rolled_back")
+        client.set_model_version_tag(model_name, str(version), "canary_reason", reason[:_TAG_MAX])
+        client.set_model_version_tag(model_name, str(version), "canary_at", _now_ms())
+    return True
+
+
 def registry_state(tracking_uri: str, model_name: str) -> dict:
     """Aliases and versions (with decision tags) of ``model_name``, for the CLI and tests."""
     client = client_for(tracking_uri)
@@ -280,7 +325,8 @@ def registry_state(tracking_uri: str, model_name: str) -> dict:
         "aliases": {a: alias_version(client, model_name, a) for a in (CHAMPION, CHALLENGER, PREVIOUS)},
         "versions": {int(v.version): {"decision": v.tags.get("decision"),
                                       "parent": v.tags.get("parent_champion_version"),
-                                      "rolled_back": v.tags.get("rolled_back")} for v in versions},
+                                      "rolled_back": v.tags.get("rolled_back"),
+                                      "canary": v.tags.get("canary_decision")} for v in versions},
     }
 
 
@@ -306,6 +352,7 @@ class Registry:
     experiment_name: str
     lock_timeout_s: float = 600.0
     require_fresh_evaluation: bool = True
+    release_mode: str = "all"  # all | canary (registry.release_mode)
     artifact_root: str | None = None  # experiments created here get this artifact location (embedded store only)
     _client: object = field(default=None, repr=False)
 
@@ -316,13 +363,14 @@ class Registry:
                    model_name=cfg.registry.model_name or cfg.project.name, state_dir=Path(cfg.state),
                    experiment_name=cfg.project.name, lock_timeout_s=cfg.registry.lock_timeout_s,
                    require_fresh_evaluation=cfg.registry.require_fresh_evaluation,
+                   release_mode=cfg.registry.release_mode,
                    artifact_root=None if configured else artifact_location(cfg.state))
 
     @classmethod
     def for_agent(cls, cfg: FlywheelConfig) -> Registry:
         """The registered model of the project's agent: ``<model name>-agent`` in the same store."""
         registry = cls.from_config(cfg)
-        return dataclasses.replace(registry, model_name=f"{registry.model_name}-agent")
+        return dataclasses.replace(registry, model_name=f"{registry.model_name}-agent", release_mode="all")
 
     @property
     def client(self):
@@ -371,14 +419,20 @@ class Registry:
     def release(self, adapter_dir: str | Path, *, passed: bool, reason: str, evaluated_champion: int | None,
                 lineage: Lineage, summary: dict | None = None, run_id: str | None = None,
                 expect_logged: list[str] = (), report_files: list[str | Path] = (),
-                require_fresh_evaluation: bool | None = None) -> Release:
-        """Register ``adapter_dir`` with its lineage (alias ``challenger``); ``champion`` moves only if it passed."""
+                require_fresh_evaluation: bool | None = None, release_mode: str | None = None) -> Release:
+        """Register ``adapter_dir`` with its lineage (alias ``challenger``); ``champion`` moves only if it passed
+        (``release_mode`` canary: it becomes ``challenger`` only)."""
         fresh = self.require_fresh_evaluation if require_fresh_evaluation is None else require_fresh_evaluation
         return promote(adapter_dir, tracking_uri=self.tracking_uri, model_name=self.model_name,
                        experiment_id=self.experiment_id(), state_dir=self.state_dir, passed=passed, reason=reason,
                        evaluated_champion=evaluated_champion, summary=summary, report_files=report_files,
                        lineage=lineage, run_id=run_id, expect_logged=expect_logged, lock_timeout_s=self.lock_timeout_s,
-                       require_fresh_evaluation=fresh)
+                       require_fresh_evaluation=fresh, release_mode=release_mode or self.release_mode)
+
+    def withdraw_challenger(self, version: int, reason: str) -> bool:
+        return withdraw_challenger(tracking_uri=self.tracking_uri, model_name=self.model_name,
+                                   state_dir=self.state_dir, version=version, reason=reason,
+                                   lock_timeout_s=self.lock_timeout_s)
 
     def rollback(self, reason: str = "manual rollback", expected_champion: int | None = None) -> Release:
         return rollback(tracking_uri=self.tracking_uri, model_name=self.model_name, state_dir=self.state_dir,

@@ -4,7 +4,9 @@ The server runs from its own environment (``make vllm-env`` builds ``.venv-vllm`
 ``serve.command``). Adapters are served under two names:
 - ``<model>-v<N>``: one per registry version, loaded when the version is deployed;
 - ``serve.adapter_name`` (default ``champion``): the stable name clients request, reloaded in place once the new
-  version passed its smoke test (the deploy stage, ``tasks/deploy.py``).
+  version passed its smoke test (the deploy stage, ``tasks/deploy.py``);
+- ``gateway.routing.challenger_model`` (default ``challenger``): a canary release, loaded the same way beside the
+  champion, which the capture gateway sends its share of the traffic.
 
 Here: the command line and environment, start / stop / health, load and unload adapters at runtime, chat, the smoke
 test, the server's info file, and the Kubernetes / docker-compose manifests rendered for the registry's champion.
@@ -44,6 +46,7 @@ class ServerInfo(BaseModel):
     log: str
     started_s: float  # seconds from launch to healthy
     champion_version: int | None = None
+    challenger_version: int | None = None  # the canary served as gateway.routing.challenger_model
 
 
 def adapter_name(model_name: str, version: int) -> str:

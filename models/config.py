@@ -59,6 +59,9 @@ class PPOConfig:
     max_prompt_len: int = knob(256, "Prompts are left-truncated to this many tokens.", ge=1)
     temperature: float = knob(0.7, "Sampling temperature; log-probs use the same scaling.", gt=0)
     top_p: float = knob(1.0, "Nucleus sampling threshold.", gt=0, le=1)
+    min_p: float = knob(0.0, "Min-p sampling: drop tokens below min_p x the top token's probability (0 = off); "
+                             "lets a higher temperature explore where the policy hesitates without sampling "
+                             "errors where it is sure (copied ids).", ge=0, lt=1)
     ppo_epochs: int = knob(1, "Passes over each rollout batch (1 with one minibatch = REINFORCE with a baseline).",
                            ge=1)
     num_minibatches: int = knob(1, "Optimizer steps per PPO epoch.", ge=1)

@@ -1,7 +1,8 @@
 """Batched sampling of responses: Hugging Face ``generate`` with a KV cache everywhere, vLLM where installed.
 
 Both engines take chat prompts and return a :class:`Rollout` with the same fields. Sampling follows Huang et al.:
-prompts padded on the LEFT, pure temperature/top-p sampling (``top_k`` off so log-probs match what was sampled),
+prompts padded on the LEFT, temperature sampling with optional top-p / min-p truncation (``top_k`` off; log-probs are
+those of the untruncated ``softmax(logits / T)``, which the truncation only renormalises),
 stop at EOS, everything after the first EOS is padding and masked out.
 """
 from __future__ import annotations
@@ -72,13 +73,13 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_p: float = 1.0) -> Rollout:
+                 top_p: float = 1.0, min_p: float = 0.0) -> Rollout:
         device = next(self.ac.parameters()).device
         query, qmask = encode_prompts(self.tokenizer, prompts, self.max_prompt_len, device)
         with self.ac.role("policy"):
             out = self.ac.lm.generate(
                 input_ids=query, attention_mask=qmask, do_sample=temperature > 0, temperature=temperature or None,
-                top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, use_cache=True,
+                top_p=top_p, min_p=min_p or None, top_k=0, max_new_tokens=max_new_tokens, use_cache=True,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
             )
         return finish(self.tokenizer, query, qmask, out[:, query.shape[1]:])
@@ -101,7 +102,7 @@ class VLLMRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_p: float = 1.0) -> Rollout:  # pragma: no cover - needs vLLM
+                 top_p: float = 1.0, min_p: float = 0.0) -> Rollout:  # pragma: no cover - needs vLLM
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
@@ -109,7 +110,7 @@ class VLLMRolloutEngine:
         folder = self.ac.save_policy(self.workdir / f"policy-{self.calls}")
         query, qmask = encode_prompts(self.tokenizer, prompts, self.max_prompt_len)
         token_prompts = [{"prompt_token_ids": q[m.bool()].tolist()} for q, m in zip(query, qmask)]
-        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=-1, max_tokens=max_new_tokens,
+        params = SamplingParams(temperature=temperature, top_p=top_p, min_p=min_p, top_k=-1, max_tokens=max_new_tokens,
                                 stop_token_ids=[self.tokenizer.eos_token_id])
         outs = self.llm.generate(token_prompts, params, lora_request=LoRARequest(f"policy-{self.calls}", self.calls,
                                                                                    str(folder)), use_tqdm=False)

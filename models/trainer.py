@@ -202,7 +202,8 @@ class PPOTrainer:
         idx = _prompt_indices(self.step, len(self.prompts), cfg.batch_size, self.rank, self.world, cfg.seed)
         prompts = [self.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
         # 2. rollout: sample responses with the policy role (KV cache, left padding)
-        rollout = self.engine.generate(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        rollout = self.engine.generate(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                       cfg.min_p)
         t_gen = time.perf_counter() - t0
         # 3. score: the injected online reward
         raw_scores = torch.tensor(self.reward_fn(prompts, rollout.completions), dtype=torch.float32)  # (B,)

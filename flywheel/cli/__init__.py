@@ -3,6 +3,7 @@ from flywheel.cli import (
     agent,  # noqa: F401  (registers commands)
     config_cmds,  # noqa: F401
     data,  # noqa: F401
+    demo_live,  # noqa: F401
     flow,  # noqa: F401
     gateway,  # noqa: F401
     release,  # noqa: F401

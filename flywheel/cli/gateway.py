@@ -42,7 +42,7 @@ def canary(config: Path | None = typer.Option(None, "--config", "-c", help="flyw
 
     decision = decide_from_logs(load_config(config), apply=apply, since=since)
     if decision is None:
-        typer.echo("no challenger in the registry: nothing to decide")
+        typer.echo("no canary: no challenger in the registry, or it is the champion; nothing to decide")
         raise typer.Exit(0)
     if as_json:
         typer.echo(json.dumps(decision.model_dump(mode="json"), indent=2))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +67,12 @@ class RegistryConfig(_Strict):
     lock_timeout_s: float = Field(600.0, gt=0, description="Max wait for the promotion lock (one promotion at a time).")
     require_fresh_evaluation: bool = Field(True, description="Refuse to promote when the champion changed since the "
                                                              "candidate was evaluated.")
+    release_mode: Literal["all", "canary"] = Field("all", description="all = a candidate that passes the gates "
+                                                   "becomes champion (all traffic); canary = it gets only the "
+                                                   "`challenger` alias (decision `canary`), the champion stays, "
+                                                   "deploy loads it as gateway.routing.challenger_model beside the "
+                                                   "champion, and the gateway's monitor promotes or rolls it back "
+                                                   "on live KPIs (the first release, with no champion, is promoted).")
 
 
 class ServeConfig(_Strict):

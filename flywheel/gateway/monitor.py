@@ -98,6 +98,7 @@ class CanaryDecision(BaseModel):
     stats: dict = {}
     at: str = ""
     applied: str = "no"  # no | promoted | rolled_back | stale | recorded
+    serving: str = ""  # after a promotion: what the upstream's champion name now serves (``on_applied``)
 
 
 def _arm_summary(arm: ArmStats) -> dict:
@@ -226,6 +227,7 @@ class LiveMonitor:
         self.cfg, self.registry, self.check_every_s = cfg, registry, check_every_s
         self.decisions_path = Path(decisions_path) if decisions_path else None
         self.versions_fn = lambda: {}
+        self.on_applied = None  # fn(decision) -> str, run after a promotion was applied (state.reload_champion)
         self.last: CanaryDecision | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -277,12 +279,14 @@ class LiveMonitor:
             with self._lock:
                 self.reset()
             self._epoch = epoch
-        if versions and versions.get(CHALLENGER) is None:
-            return None
+        if versions and versions.get(CHALLENGER) in (None, versions.get(CHAMPION)):
+            return None  # no canary: no challenger, or it is the champion (e.g. the day-0 release)
         with self._lock:
             decision = decide(self.arms[CHAMPION], self.arms[CHALLENGER], self.cfg, versions)
         if self.cfg.apply and self.registry is not None and decision.decision != "keep":
             decision = apply_decision(self.registry, decision)
+            if self.on_applied is not None and decision.applied == "promoted":
+                decision = decision.model_copy(update={"serving": self.on_applied(decision)})
         self._record(decision)
         self.last = decision
         return decision

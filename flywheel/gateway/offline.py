@@ -89,7 +89,7 @@ def decide_from_logs(cfg, *, apply: bool = False, since: str | None = None) -> C
     aliases.refresh()
     if aliases.error:
         raise RuntimeError(f"registry {aliases.tracking_uri}: {aliases.error}")
-    if aliases.versions.get(CHALLENGER) is None:
+    if not aliases.challenger_live:  # no challenger, or it is the champion
         return None
     gw = cfg.gateway
     source = cfg.source if gw.capture.sink is None else cfg.source.model_copy(update={"uri": gw.capture.sink})

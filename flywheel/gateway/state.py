@@ -130,4 +130,34 @@ def live_monitor(cfg, aliases: AliasView):
     monitor = LiveMonitor(cfg.gateway.monitor, registry, Path(cfg.state) / "gateway" / "decisions.jsonl",
                           cfg.gateway.monitor.check_every_s)
     monitor.versions_fn = (lambda: dict(aliases.versions)) if registry is not None else dict
+    if registry is not None:
+        monitor.on_applied = reload_champion(cfg, registry)
     return monitor
+
+
+def reload_champion(cfg, registry):
+    """After a promotion: point the upstream's champion name at the promoted version's adapter (vLLM's
+    ``/v1/load_lora_adapter``, in place), as the deploy stage would have; returns what it did, for the record.
+
+    The challenger's adapter passed its deploy smoke test when it was loaded as the challenger, so the same weights
+    are not tested again. An upstream that cannot load adapters (a hosted API, a replay server) is said so; the
+    next night's deploy stage loads the champion then (it deploys when the server serves another version).
+    """
+    def reload(decision) -> str:
+        from flywheel.serving import load_adapter, read_server_info, served_models, write_server_info
+
+        base = cfg.gateway.upstream_url.removesuffix("/v1")
+        name, version = cfg.gateway.routing.champion_model, decision.challenger_version
+        try:
+            _, local = registry.fetch(version)
+            load_adapter(base, name, local, inplace=name in served_models(base))
+        except Exception as e:  # noqa: BLE001 - the promotion stands; serving catches up at the next deploy
+            return f"'{name}' not reloaded with v{version}: {type(e).__name__}: {e}"[:500]
+        info = read_server_info(cfg.state)
+        if info is not None and info.url == base:
+            info.champion_version = version
+            info.challenger_version = None if info.challenger_version == version else info.challenger_version
+            write_server_info(info, cfg.state)
+        return f"'{name}' reloaded with v{version} at {base}"
+
+    return reload

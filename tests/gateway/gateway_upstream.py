@@ -61,7 +61,8 @@ def pieces_logprobs(text: str) -> list[dict]:
 
 
 class StubUpstream:
-    """Answers ``answers[model]`` (default ``ANSWER``); a request with ``tools`` gets a tool call; ``stream`` SSE."""
+    """Answers ``answers[model]`` (default ``ANSWER``); a request with ``tools`` gets a tool call; ``stream`` SSE;
+    ``/v1/load_lora_adapter`` calls are recorded in ``loaded``."""
 
     def __init__(self, answers: dict[str, str] | None = None, latency_s: float = 0.0, fail_models: set | None = None):
         self.answers, self.latency_s = answers or {}, latency_s
@@ -69,8 +70,24 @@ class StubUpstream:
         self.fail_models = fail_models or set()
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.loaded: list[dict] = []  # bodies of /v1/load_lora_adapter calls (as vLLM takes them)
+        self.unloaded: list[dict] = []
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                                     Route("/v1/models", self.models, methods=["GET"])])
+                                     Route("/v1/models", self.models, methods=["GET"]),
+                                     Route("/v1/load_lora_adapter", self.load_lora, methods=["POST"]),
+                                     Route("/v1/unload_lora_adapter", self.unload_lora, methods=["POST"]),
+                                     Route("/health", self.health, methods=["GET"])])
+
+    async def health(self, request: Request) -> Response:
+        return Response("")
+
+    async def unload_lora(self, request: Request) -> Response:
+        self.unloaded.append(orjson.loads(await request.body()))
+        return Response("Success: LoRA adapter unloaded")
+
+    async def load_lora(self, request: Request) -> Response:
+        self.loaded.append(orjson.loads(await request.body()))
+        return Response("Success: LoRA adapter loaded")
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "champion", "object": "model"},

@@ -1,4 +1,5 @@
-"""vLLM for real (from .venv-vllm): champion adapter served, new champion hot-loaded, failing smoke test rolled back.
+"""vLLM for real (from .venv-vllm): champion adapter served, new champion hot-loaded, failing smoke test rolled back,
+a canary release loaded as 'challenger' beside the champion (and a failing one unloaded, its canary ended).
 
 One server on 127.0.0.1 for the whole test, stopped by its PID at the end. Expected answers come from Hugging Face
 greedy decoding of the same base + adapter (fp32 greedy: vLLM and HF agree).
@@ -91,6 +92,26 @@ def test_vllm_serves_the_champion_hot_swaps_and_rolls_back_a_failing_smoke_test(
         assert [serving.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
         aliases = registry_state(tracking_uri(cfg.state), cfg.project.name)["aliases"]
         assert aliases["champion"] == 2 and aliases["previous"] == 1 and aliases["challenger"] == 3
+
+        # 4. canary release mode: a passing candidate is loaded as 'challenger' beside the champion (the weak
+        # adapter, told apart by its answers; its smoke test only asks for answers, as its JSON key is wrong)
+        cfg.registry.release_mode = "canary"
+        canary = _register(cfg, tiny["weak"], True, 2, tiny["base"])
+        assert (canary.decision, canary.version, canary.champion_version) == ("canary", 4, 2)
+        result = deploy_champion.fn(cfg, canary, check=lambda _prompts, answers: [float(bool(a)) for a in answers])
+        assert result.status == "deployed" and result.serving == "challenger", result.reason
+        assert [serving.chat(info.url, "challenger", p)[0] for p in prompts] == expected["weak"]
+        assert [serving.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
+        assert serving.read_server_info(cfg.state).challenger_version == 4
+
+        # 5. a broken canary fails its smoke test: unloaded, its canary ended in the registry, champion untouched
+        broken = _register(cfg, tiny["noisy"], True, 2, tiny["base"])
+        result = deploy_champion.fn(cfg, broken)
+        assert result.status == "rolled_back" and result.rolled_back_registry, result.reason
+        assert "support-bot-v5" not in serving.served_models(info.url)
+        aliases = registry_state(tracking_uri(cfg.state), cfg.project.name)["aliases"]
+        assert aliases == {"champion": 2, "challenger": None, "previous": 1}
+        assert [serving.chat(info.url, "champion", p)[0] for p in prompts] == expected["strong"]
         print(f"\nvLLM startup {startup_s:.1f} s (healthy after {info.started_s:.1f} s); chat latency "
               f"median {sorted(latencies)[len(latencies) // 2]:.0f} ms over {len(latencies)} requests")
     finally:
