@@ -197,7 +197,7 @@ class Release(BaseModel):
 
     model_name: str
     version: int | None  # the registered (or restored) version
-    decision: str  # promoted | rejected | stale | rolled_back
+    decision: str  # promoted | canary | rejected | stale | rolled_back
     reason: str
     champion_version: int | None  # champion after the operation
     previous_version: int | None
