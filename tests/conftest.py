@@ -1,8 +1,13 @@
 """Shared test settings: offline, no analytics, each test's state in its own folder.
 
-Area fixtures live in their own test modules or in tests/<area>/conftest.py.
+Area fixtures live in their own test modules or in tests/<area>/conftest.py; the moto S3 server and the dummy AWS
+credentials are here, as two areas (data, gateway) use them.
 """
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 for key, value in {
@@ -45,3 +50,47 @@ def pytest_collection_modifyitems(config, items):
 def vllm_api_command() -> list[str]:
     """The command that starts vLLM's OpenAI-compatible server from ``.venv-vllm`` (tests marked ``vllm``)."""
     return [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """``moto_server`` as a subprocess speaking the S3 HTTP API; stopped at the end of the session."""
+    port = _free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto_server exited at start") from None
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start in 30 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Dummy credentials through the standard chain (environment variables)."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

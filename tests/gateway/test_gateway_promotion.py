@@ -10,7 +10,7 @@ import time
 import httpx
 from gateway_upstream import ServerThread
 from test_gateway_capture import CHAT
-from test_gateway_routing import registry  # noqa: F401  (a fixture)
+from test_gateway_routing import registry, send_until_decided  # noqa: F401  (registry: a fixture)
 
 from flywheel.gateway.app import create_app
 
@@ -27,18 +27,7 @@ def test_a_promoted_challenger_is_loaded_as_the_champion(registry, stub):  # noq
         "gateway.monitor.min_samples": 40})
     rng = random.Random(7)
     with ServerThread(create_app(cfg)) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        user, deadline = 0, time.monotonic() + 120
-        while registry.version_of("challenger") is not None:
-            assert time.monotonic() < deadline, "the monitor never decided"
-            events = []
-            for _ in range(20):
-                user += 1
-                r = client.post("/v1/chat/completions", json={"model": "m", "messages": CHAT},
-                                headers={"x-user-id": f"u{user}"})
-                better = r.json()["choices"][0]["message"]["content"] == "better answer"
-                events.append({"request_id": r.headers["x-request-id"],
-                               "resolved": rng.random() < (0.85 if better else 0.35)})
-            assert client.post("/v1/feedback", json={"events": events}).status_code == 200
+        send_until_decided(client, registry, rng, "better answer", resolved_if_marked=0.85, resolved_else=0.35)
         # the aliases moved first; the reload and then the record follow on the monitor's thread
         path, promoted = registry.state_dir / "gateway" / "decisions.jsonl", []
         deadline = time.monotonic() + 30

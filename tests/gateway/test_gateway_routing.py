@@ -216,19 +216,7 @@ def test_the_gateway_rolls_back_a_worse_challenger_by_itself(registry, stub):
         "gateway.monitor.min_samples": 40})
     rng = random.Random(4)
     with ServerThread(create_app(cfg)) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        user = 0
-        deadline = time.monotonic() + 120
-        while registry.version_of("challenger") is not None:
-            assert time.monotonic() < deadline, "the monitor never decided"
-            events = []
-            for _ in range(20):
-                user += 1
-                r = client.post("/v1/chat/completions", json={"model": "m", "messages": CHAT},
-                                headers={"x-user-id": f"u{user}"})
-                worse = r.json()["choices"][0]["message"]["content"] == "worse answer"
-                events.append({"request_id": r.headers["x-request-id"],
-                               "resolved": rng.random() < (0.3 if worse else 0.8)})
-            assert client.post("/v1/feedback", json={"events": events}).status_code == 200
+        send_until_decided(client, registry, rng, "worse answer", resolved_if_marked=0.3, resolved_else=0.8)
         # once rolled back, every new request goes to the champion
         deadline = time.monotonic() + 10
         while client.get("/health").json()["routing"]["challenger_live"]:
@@ -316,3 +304,23 @@ def test_flywheel_canary_decides_from_the_durable_logs_after_the_gateway_is_gone
     assert "significantly worse" in result.output
     assert registry.version_of("challenger") is None and registry.version_of("champion") == 1
     assert registry.tags(2)["canary_decision"] == "rolled_back"
+
+
+def send_until_decided(client, registry, rng, marked: str, *, resolved_if_marked: float, resolved_else: float,
+                       timeout_s: float = 120) -> int:
+    """Send chats from new users, 20 at a time, and post a ``resolved`` label for each (drawn with
+    ``resolved_if_marked`` when the answer is ``marked``, else ``resolved_else``) until the registry has no
+    challenger left (the monitor decided). Returns the number of chats sent."""
+    user, deadline = 0, time.monotonic() + timeout_s
+    while registry.version_of("challenger") is not None:
+        assert time.monotonic() < deadline, "the monitor never decided"
+        events = []
+        for _ in range(20):
+            user += 1
+            r = client.post("/v1/chat/completions", json={"model": "m", "messages": CHAT},
+                            headers={"x-user-id": f"u{user}"})
+            hit = r.json()["choices"][0]["message"]["content"] == marked
+            events.append({"request_id": r.headers["x-request-id"],
+                           "resolved": rng.random() < (resolved_if_marked if hit else resolved_else)})
+        assert client.post("/v1/feedback", json={"events": events}).status_code == 200
+    return user
