@@ -322,6 +322,21 @@ def _gold_per_kind(plt, path: list[dict], prod: dict):
     return fig
 
 
+def _canary_html(canary: dict) -> list[str]:
+    """The canary decisions of a night's window (``NightRecord.canary``) as an HTML table; nothing when none."""
+    entries = canary.get("entries") or []
+    if not entries:
+        return []
+    esc = html.escape
+    head = "".join(f"<th>{h}</th>" for h in ("at", "challenger", "champion", "decision", "applied", "reason"))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in (
+            e.get("at"), f"v{e.get('challenger_version') or '-'}", f"v{e.get('champion_version') or '-'}",
+            e.get("decision"), e.get("applied") or "-", str(e.get("reason", ""))[:160])) + "</tr>"
+        for e in entries)
+    return [f"<p>Canary decisions ({len(entries)}):</p><table><tr>{head}</tr>{rows}</table>"]
+
+
 def write_html(report: dict, path: Path) -> Path:
     """A self-contained HTML page: the summary table, gate decisions per night, and the plots (inline PNG)."""
     esc = html.escape
@@ -351,6 +366,7 @@ def write_html(report: dict, path: Path) -> Path:
             parts.append(f"<li class='{cls}'>{esc(str(g.get('name')))}: {esc(_fmt(g.get('value')))} "
                          f"({'pass' if g.get('passed') else 'fail'}) {esc(str(g.get('reason', '')))}</li>")
         parts.append("</ul>")
+        parts += _canary_html(n.get("canary") or {})
         if n.get("links"):
             parts.append("<p>" + " · ".join(f"{esc(k)}: <code>{esc(str(v))}</code>" for k, v in n["links"].items())
                          + "</p>")

@@ -209,7 +209,8 @@ def night_row(run: DemoRun, k: int, day: str, rec: NightRecord, base: str, champ
         "night": k, "day": day, **rec.model_dump(include={
             "rows_in", "rows_clean", "rows_quarantined", "champion_reward", "candidate_reward", "candidate_ci",
             "promoted", "champion_version", "candidate_version", "gain", "gain_ci", "decision", "reason", "gates",
-            "components", "reward_curve", "deploy", "stage_seconds", "stage_run_seconds", "cached", "status"}),
+            "components", "reward_curve", "deploy", "stage_seconds", "stage_run_seconds", "cached", "status",
+            "canary"}),
         "gold_accuracy": gold,
         "links": {"mlflow_train_run": rec.train_run_id, "evaluation_report": rec.eval_report_html},
         "seconds": round(seconds, 2),

@@ -29,6 +29,7 @@ import orjson
 
 from flywheel.config.data import SourceConfig
 from flywheel.logformats import UnreadableObject, jsonl_bytes
+from flywheel.quarantine import write_private
 from flywheel.sources import log_partition, open_source, unsafe_key
 
 FEEDBACK_DIR = "_feedback"
@@ -130,7 +131,7 @@ def observe_feedback(source: SourceConfig, state_dir: str | Path) -> FeedbackObs
     tag = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16]
     if bad:
         path = Path(state_dir) / "quarantine" / f"feedback-{tag}.jsonl"
-        _write_atomic(path, b"".join(orjson.dumps(b) + b"\n" for b in bad))
+        write_private(path, b"".join(orjson.dumps(b) + b"\n" for b in bad))
         out.quarantined, out.quarantine_uri = len(bad), str(path)
     if events:
         frame = pd.DataFrame(events, columns=EVENT_COLUMNS)
@@ -258,5 +259,5 @@ def quarantine_unknown(state_dir: str | Path, table, known: set[str], tag: str) 
         lines.append(orjson.dumps({"request_id": row["request_id"], "reasons": ["unknown:request_id"],
                                    "detail": "no interaction with this request_id has been observed",
                                    "feedback": fields}, default=str) + b"\n")
-    _write_atomic(path, b"".join(lines))
+    write_private(path, b"".join(lines))
     return len(unknown), str(path)

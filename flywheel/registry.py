@@ -12,21 +12,22 @@ Aliases, never stages:
 One promotion (or rollback) at a time: a ``filelock`` under ``<state>/locks/`` held across processes. With a shared
 MLflow server and several machines the state dir must be shared (or run promotions from one place).
 
-Where MLflow lives: ``registry.tracking_uri`` if configured, else SQLite + a local artifact folder under the state
-dir. ``Registry.from_config(cfg)`` is the one object the stages use: which model name, which store, who is champion,
-fetch its adapter, release or roll back under the lock.
+Where MLflow lives (``flywheel/mlflow_store.py``): ``registry.tracking_uri`` if configured, else SQLite + a local
+artifact folder under the state dir. ``Registry.from_config(cfg)`` is the one object the stages use: which model
+name, which store, who is champion, fetch its adapter, release or roll back under the lock.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# re-exported: the registry's public names
+from flywheel.mlflow_store import artifact_location, client_for, code_revision, ensure_experiment, tracking_uri  # noqa: F401
 from flywheel.records import NONE, Lineage, Release, version_tag
 
 if TYPE_CHECKING:
@@ -36,58 +37,8 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 _TAG_MAX = 4900  # MLflow model-version tag values are capped at 5000 characters
 
 
-# ------------------------------------------------------------------------------------------- where MLflow lives
-def tracking_uri(state_dir: str | Path, configured: str | None = None) -> str:
-    """MLflow tracking/registry URI: ``configured`` if set, else ``sqlite:///<state_dir>/mlflow.db``."""
-    if configured:
-        return configured
-    state = Path(state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{state / 'mlflow.db'}"
-
-
-def artifact_location(state_dir: str | Path) -> str:
-    """Artifact root for experiments created on the embedded SQLite store."""
-    path = (Path(state_dir) / "mlartifacts").resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path.as_uri()
-
-
-def ensure_experiment(name: str, state_dir: str | Path, configured_uri: str | None = None) -> str:
-    """Point MLflow at the store and return the id of experiment ``name`` (created with a local artifact root)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(state_dir, configured_uri))
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None if configured_uri else artifact_location(state_dir)
-    return mlflow.create_experiment(name, artifact_location=location)
-
-
 class PromotionError(RuntimeError):
     pass
-
-
-def code_revision() -> str:
-    """``git rev-parse HEAD`` of the checkout (``+dirty`` if modified), or ``unknown``."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10,
-                             check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10, check=False)
-        if rev.returncode == 0:
-            return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
-def client_for(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from flywheel.config.data import SourceConfig
 from flywheel.feedback import FeedbackObservation, observe_feedback
 from flywheel.logformats import UnreadableObject
 from flywheel.logparse import RAW_SCHEMA, parse_object
+from flywheel.quarantine import write_private
 from flywheel.records import Observation
 from flywheel.retries import retry_on_transient_io
 from flywheel.sources import LogSource, ObjectRef, log_partition, open_source, read_and_parse, unsafe_key
@@ -238,7 +239,7 @@ def _write_side_files(state: Path, tag: str, tally: _ReadTally) -> tuple[Path | 
     object_quarantine = None
     if tally.unreadable:
         object_quarantine = state / "quarantine" / f"objects-{tag}.jsonl"
-        _write_atomic(object_quarantine, b"".join(orjson.dumps(record) + b"\n" for record in tally.unreadable))
+        write_private(object_quarantine, b"".join(orjson.dumps(record) + b"\n" for record in tally.unreadable))
     for entry in tally.pending.values():
         entry["snapshot"] = tag
     pending = state / "manifest" / f"pending-{tag}.json"

@@ -33,6 +33,7 @@ from prefect import task
 from flywheel import pii, seen_ids
 from flywheel.config.data import GatesConfig, ValidateConfig
 from flywheel.logfields import logged_record
+from flywheel.quarantine import open_private, quarantine_dir
 from flywheel.records import GateResult, Observation, Validation
 from flywheel.schema import SNAPSHOT_COLUMNS
 from flywheel.validation_report import write_report
@@ -257,7 +258,7 @@ def _split_snapshot(snapshot_uri: str | Path, verdict: _Verdict, cfg: ValidateCo
     quarantine_partial, clean_partial = quarantine_path.with_suffix(".tmp"), clean_path.with_suffix(".tmp")
     raw_schema = pq.read_schema(snapshot_uri)
     clean_schema = pa.schema([raw_schema.field(c) for c in SNAPSHOT_COLUMNS])
-    with open(quarantine_partial, "wb") as quarantine, pq.ParquetWriter(
+    with open_private(quarantine_partial) as quarantine, pq.ParquetWriter(
             clean_partial, clean_schema, compression="zstd", compression_level=1,
             use_dictionary=CLEAN_DICTIONARY_COLUMNS) as writer:
         for batch in pq.ParquetFile(snapshot_uri).iter_batches(batch_size=BATCH_ROWS):
@@ -354,8 +355,8 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     # 3-4. quarantine and clean snapshot
     quarantine_path = state / "quarantine" / f"{tag}.jsonl"
     clean_path = state / "snapshots" / f"{tag}.clean.parquet"
-    for path in (quarantine_path, clean_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    quarantine_dir(state)
+    clean_path.parent.mkdir(parents=True, exist_ok=True)
     split = _split_snapshot(snapshot_uri, verdict, cfg, tag, quarantine_path, clean_path, seconds)
     seen_ids.record(state, tag, keys[~verdict.rejected])
 

@@ -47,6 +47,19 @@ def test_flows_report_json_and_html(tmp_path):
     assert rows[0][7] == "[1.40, 1.60]"
 
 
+def test_flows_report_html_lists_the_canary_decisions(tmp_path):
+    from flywheel.gateway.decisions import CanaryEntry, CanarySummary
+
+    entry = CanaryEntry(at="2026-11-26T10:00:00.000Z", source="live", challenger_version=3, champion_version=2,
+                        decision="rollback", applied="rolled_back", reason="challenger worse on resolved (mSPRT)")
+    canary = CanarySummary(since=None, until="2026-11-26T12:00:00Z", entries=[entry], champion_version=2)
+    report = {"description": "d", "nights": [_night(1, True) | {"canary": canary.model_dump(mode="json")},
+                                            _night(2, False)]}
+    html = demo_report.write_html(report, tmp_path / "report.html").read_text()
+    assert html.count("Canary decisions") == 1  # night 2 has none: no empty table
+    assert "rolled_back" in html and "v3" in html and "challenger worse on resolved" in html
+
+
 def test_flows_report_refuses_counts_that_do_not_add_up(tmp_path):
     night = _night(1, True) | {"rows_quarantined": 4}
     with pytest.raises(ValueError, match="rows_in != rows_clean"):

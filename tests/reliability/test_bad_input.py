@@ -7,6 +7,8 @@ quarantined whole), the bad lines carry the reason naming the defect, and every 
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +80,15 @@ def nights(tmp_path_factory) -> dict[int, Night]:
     root = tmp_path_factory.mktemp("corpus")
     source, state, outside = root / "logs", root / "state", root / "outside"
     done = {}
-    for night in (1, 2):
-        listed = corpus.write_night(DEFECTS, night, source, outside)
-        done[night] = _run_night(source, state, listed, night)
+    umask = os.umask(0o022)  # the usual default: files would be world-readable without the quarantine's own modes
+    try:
+        for night in (1, 2):
+            listed = corpus.write_night(DEFECTS, night, source, outside)
+            done[night] = _run_night(source, state, listed, night)
+    finally:
+        os.umask(umask)
     done["manifest"] = load_manifest(manifest_path(state, str(source)))["objects"]
+    done["state"] = state
     return done
 
 
@@ -124,6 +131,17 @@ def test_no_row_is_lost_and_every_kind_is_tried(nights):
         objects = [key for d in DEFECTS if d.expect == "object" and d.night == n for key in d.all_keys()]
         assert sorted(nights[n].objects) == sorted(objects) and obs.objects_quarantined == len(objects)
     assert all(m["status"] in ("read", "empty", "quarantined") for m in nights["manifest"].values())
+
+
+def test_quarantine_keeps_raw_rows_owner_only(nights):
+    folder = nights["state"] / "quarantine"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = sorted(folder.iterdir())
+    assert {f.name.split("-")[0] for f in files} >= {"objects"} and len(files) >= 3  # rows + objects, both nights
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    rows = [orjson.loads(x) for x in Path(nights[1].validation.quarantine_uri).read_bytes().splitlines()]
+    assert rows and all(r["raw"] for r in rows)  # the raw line, for forensics
 
 
 def test_rows_replayed_on_a_later_night_count_in_the_duplicate_gate(nights):
