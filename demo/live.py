@@ -21,9 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import json
-import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +35,7 @@ import yaml
 
 from demo import get_task
 from demo.logs import DemoTask
+from flywheel.procs import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -190,13 +189,7 @@ def gateway_process(config: Path, port: int, log: Path, timeout_s: float = 120.0
             time.sleep(0.1)
         yield url
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc, timeout_s=60)  # SIGTERM lets it flush; its whole group goes, SIGKILL after 60 s
 
 
 # ---------------------------------------------------------------------------------------------------- 3. users

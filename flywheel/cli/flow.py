@@ -5,7 +5,6 @@ Heavy libraries (prefect, mlflow, torch) are imported inside the commands so ``f
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -160,27 +159,23 @@ def ui(
     from flywheel.registry import artifact_location, tracking_uri
 
     store = tracking_uri(cfg.state, cfg.registry.tracking_uri)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(prefect_port)]),
-        subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                          "--backend-store-uri", store, "--default-artifact-root", artifact_location(cfg.state),
-                          "--workers", "1"]),
-    ]
-    typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}   (runs of this machine's Prefect database)")
-    typer.echo(f"MLflow UI:  http://127.0.0.1:{mlflow_port}   (store {store})")
-    typer.echo(f"To send flow runs there: export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api")
-    try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    from flywheel.procs import sigterm_as_interrupt, spawn, stop_group
+
+    procs: list[subprocess.Popen] = []
+    with sigterm_as_interrupt():  # `kill <pid>` stops both servers (and their workers) like Ctrl-C does
+        try:
+            procs.append(spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                "--port", str(prefect_port)]))
+            procs.append(spawn([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port",
+                                str(mlflow_port), "--backend-store-uri", store, "--default-artifact-root",
+                                artifact_location(cfg.state), "--workers", "1"]))
+            typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}   (runs of this machine's Prefect database)")
+            typer.echo(f"MLflow UI:  http://127.0.0.1:{mlflow_port}   (store {store})")
+            typer.echo(f"To send flow runs there: export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api")
+            while all(p.poll() is None for p in procs):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for p in procs:
+                stop_group(p, timeout_s=15)

@@ -1,0 +1,62 @@
+"""Child processes that never outlive the command that started them.
+
+``spawn`` starts a child in its own session (its own process group), so ``stop_group`` can stop it together with
+every worker it forks; ``sigterm_as_interrupt`` makes ``kill <pid>`` run the same cleanup as Ctrl-C.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+
+def spawn(cmd: list[str], **kw) -> subprocess.Popen:
+    """``subprocess.Popen(cmd, **kw)`` in a new session: the child leads a process group of its own."""
+    return subprocess.Popen(cmd, start_new_session=True, **kw)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises KeyboardInterrupt (so ``finally`` cleanup runs); the old handler is restored."""
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM the process group ``proc`` leads, SIGKILL it after ``timeout_s``, reap ``proc``; its exit code.
+
+    The group is killed even when its leader has already exited, so workers it left behind stop too.
+    """
+    def _signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    _signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(proc.pid):
+            return proc.returncode
+        time.sleep(0.1)
+    _signal_group(signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    return proc.returncode
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
