@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from flows._stage import Night, StageFailed, digest, run_glue, run_stage
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.gateway.decisions import CanarySummary, canary_summary, summary_lines, table_rows
+from flywheel.nightlock import night_lock
 from flywheel.records import Candidate, Deployment, Evaluation, Release
 from tasks.deploy import deploy_champion
 from tasks.evaluate import evaluate_candidate
@@ -95,12 +96,19 @@ def load_flow_config(config_path: str | None, overrides: dict[str, Any] | None) 
 def continuous_improvement(config_path: str | None = None, day: str | None = None,
                            overrides: dict[str, Any] | None = None, refresh: bool = False) -> NightRecord:
     """One night of the flywheel. ``day`` names the night (default: today in ``schedule.timezone``); ``refresh``
-    recomputes every stage instead of reusing the results a previous run of the same night persisted."""
+    recomputes every stage instead of reusing the results a previous run of the same night persisted. A second run of
+    the same night fails with ``NightBusy``; runs of different nights on one state dir run one at a time."""
     log = get_run_logger()
     cfg = load_flow_config(config_path, overrides)
     night = Night(day=night_of(day, cfg.schedule.timezone), state=cfg.state, config_digest=digest(cfg), refresh=refresh)
-    night.ensure_storage()
+    with night_lock(cfg.state, night.day, log=log.info):  # NightBusy: this night runs elsewhere (flywheel/nightlock.py)
+        return run_night(night, cfg)
 
+
+def run_night(night: Night, cfg: FlywheelConfig) -> NightRecord:
+    """The stages of one night, under its lock."""
+    log = get_run_logger()
+    night.ensure_storage()
     observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
     if not observation.new_data:
         record = NightRecord(day=night.day, status="skipped", reason=f"no new logs: {observation.message}")
