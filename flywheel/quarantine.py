@@ -13,12 +13,15 @@ from pathlib import Path
 DIR_MODE, FILE_MODE = 0o700, 0o600
 
 
-def quarantine_dir(state_dir: str | Path) -> Path:
-    """``<state>/quarantine``, created (or tightened) to owner-only."""
-    path = Path(state_dir) / "quarantine"
+def _private_folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     os.chmod(path, DIR_MODE)  # mkdir's mode is reduced by the umask, and an existing folder keeps its own
     return path
+
+
+def quarantine_dir(state_dir: str | Path) -> Path:
+    """``<state>/quarantine``, created (or tightened) to owner-only."""
+    return _private_folder(Path(state_dir) / "quarantine")
 
 
 def open_private(path: str | Path):
@@ -29,12 +32,9 @@ def open_private(path: str | Path):
 
 
 def write_private(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a quarantine file atomically (a 0600 temp file renamed over ``path``)."""
+    """Write ``data`` to a quarantine file atomically (a 0600 temp file renamed over ``path``, its folder 0700)."""
     path = Path(path)
-    if path.parent.name == "quarantine":
-        quarantine_dir(path.parent.parent)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    _private_folder(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open_private(tmp) as fh:
         fh.write(data)
