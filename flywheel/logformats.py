@@ -9,7 +9,11 @@ The content decides along with the key, so that a shipper's slip does not turn g
 - a UTF-8 byte-order mark is not part of a row: ``flywheel.logparse`` drops it at the start of any line.
 
 An object that cannot be read raises ``UnreadableObject``, whose message starts with the reason (``truncated_gzip``,
-``bad_gzip``, ``bad_parquet``, ``unsafe_key``); observe quarantines such objects whole.
+``bad_gzip``, ``gzip_bomb``, ``bad_parquet``, ``unsafe_key``); observe quarantines such objects whole.
+
+A gzip object is inflated in chunks and refused as ``gzip_bomb`` once its text passes both ``MAX_INFLATED_BYTES``
+(256 MiB) and ``MAX_INFLATION`` (200) times its compressed size: JSONL logs deflate 5-20x, a decompression bomb
+1000x, and a worker must not run out of memory on one object.
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 _BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
          (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+MAX_INFLATED_BYTES = 256 << 20
+MAX_INFLATION = 200
+_CHUNK = 1 << 20
 _SNIFF_UNITS = 32   # UTF-16 without a BOM: the first 32 code units are all ASCII (a JSONL line starts with `{"`)
 
 
@@ -45,7 +52,7 @@ def jsonl_bytes(key: str, data: bytes) -> bytes:
     """The UTF-8 JSONL text of a ``.jsonl`` / ``.jsonl.gz`` object: decompressed and transcoded as needed."""
     if data[:2] == GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
+            data = inflate(data, max(MAX_INFLATED_BYTES, MAX_INFLATION * len(data)))
         except EOFError as e:
             raise UnreadableObject(f"truncated_gzip: {e}") from e
         except (gzip.BadGzipFile, zlib.error) as e:
@@ -54,6 +61,23 @@ def jsonl_bytes(key: str, data: bytes) -> bytes:
     elif key.endswith(".gz") and data and not _looks_like_text(data):
         raise UnreadableObject(f"bad_gzip: not gzip data and not JSONL text (starts with {data[:8]!r})")
     return utf8_text(data)
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    """The decompressed bytes of gzip ``data`` (every member), read in chunks; past ``limit`` bytes: ``gzip_bomb``.
+
+    >>> len(inflate(gzip.compress(b"x" * 1000), 1000))
+    1000
+    """
+    parts, size = [], 0
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        while chunk := stream.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise UnreadableObject(f"gzip_bomb: inflates past {limit} bytes from {len(data)} compressed "
+                                       f"(limit: {MAX_INFLATION}x its size or {MAX_INFLATED_BYTES} bytes)")
+            parts.append(chunk)
+    return b"".join(parts)
 
 
 def _looks_like_text(data: bytes) -> bool:

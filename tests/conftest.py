@@ -2,8 +2,14 @@
 
 Area fixtures live in their own test modules or in tests/<area>/conftest.py; the moto S3 server and the dummy AWS
 credentials are here, as two areas (data, gateway) use them.
+
+No test may leave a process behind: pytest becomes the child subreaper of everything the suite starts (so a server's
+orphaned workers stay in its process tree), and when the session ends, after every fixture is torn down, any live
+descendant fails the run, named with the test module that was running when it was first seen (it is then killed).
 """
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +27,59 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+import psutil  # noqa: E402
 import pytest  # noqa: E402
+
+pytest_plugins = ["pytester"]  # tests/reliability/test_process_hygiene.py runs this file's session check
+_PR_SET_CHILD_SUBREAPER = 36
+_SEEN_IN: dict[tuple[int, float], str] = {}  # (pid, create_time) of a descendant -> the module that was running
+
+
+def _descendants() -> dict[tuple[int, float], psutil.Process]:
+    """Live (not zombie) descendants of this pytest process, by (pid, create_time)."""
+    found = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found[(proc.pid, proc.create_time())] = proc
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def pytest_sessionstart(session):
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _note_new_processes(request):
+    """Remember which module first saw each descendant, to name it if it outlives the session."""
+    yield
+    for key in _descendants():
+        _SEEN_IN.setdefault(key, request.module.__name__)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any process the suite started is still alive (15 s of grace to exit), then kill it."""
+    deadline = time.monotonic() + 15
+    while (left := _descendants()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not left:
+        return
+    lines = []
+    for key, proc in left.items():
+        try:
+            cmd = " ".join(proc.cmdline())[:160]
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue
+        seen = _SEEN_IN.get(key)
+        lines.append(f"  pid {proc.pid} ({f'alive after {seen}' if seen else 'first seen at the end'}): {cmd}")
+    if lines:
+        report = f"\nFAILED: {len(lines)} process(es) outlived the test session (killed now):\n" + "\n".join(lines)
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(report, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

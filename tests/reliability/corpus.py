@@ -280,6 +280,8 @@ def _object_defects() -> list[Defect]:
               bytes(range(7, 250)) * 4, "jsonl.gz"),
         whole("gzip_bad_crc", "a .jsonl.gz whose checksum does not match", "object", "bad_gzip",
               (lambda z: z[:-8] + bytes([z[-8] ^ 0xFF]) + z[-7:])(gzip.compress(jsonl(rows))), "jsonl.gz"),
+        whole("gzip_bomb", "a 300 KB .jsonl.gz that inflates to 300 MiB of NULs (a decompression bomb)", "object",
+              "gzip_bomb", gzip.compress(bytes(1 << 20)) * 300, "jsonl.gz"),
         whole("truncated_parquet", "a Parquet file cut in half", "object", "bad_parquet",
               good_parquet[: len(good_parquet) // 2], "parquet"),
         Defect("parquet_other_schema", "a Parquet file of another schema (id, text, score)", "quarantine",

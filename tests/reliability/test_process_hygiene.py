@@ -93,3 +93,39 @@ def test_stopping_flywheel_ui_by_pid_stops_both_servers_and_their_workers(tmp_pa
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+LEAKING_TEST = '''
+import subprocess, sys, time
+
+def test_starts_a_server_and_forgets_it():
+    # a parent that exits at once, leaving its child orphaned (as a server's worker is when the server is killed)
+    subprocess.run([sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+                    "'import time; time.sleep(600)  # leftover-marker'])"], check=True)
+'''
+
+
+def test_the_suite_fails_when_a_test_leaves_a_process_behind(pytester):
+    """The session check of tests/conftest.py: an orphaned grandchild still alive at the end fails the run, is named
+    with its module, and is killed."""
+    pytester.makeconftest((Path(__file__).parents[1] / "conftest.py").read_text())
+    pytester.makepyfile(test_leaky=LEAKING_TEST)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*FAILED: 1 process(es) outlived the test session*",
+                                 "*pid * (alive after test_leaky): *leftover-marker*"])
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "leftover-marker" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_the_suite_passes_when_every_process_is_stopped(pytester):
+    pytester.makeconftest((Path(__file__).parents[1] / "conftest.py").read_text())
+    pytester.makepyfile(test_tidy='''
+import subprocess, sys
+
+def test_starts_and_stops_a_server():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc.terminate()
+    proc.wait()
+''')
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
