@@ -2,6 +2,7 @@
 adapters."""
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -97,24 +98,29 @@ RESUME_CONFIGS = {
 }
 
 
+# (estimator, seed): the kill step is drawn from the seed, so each case dies at another point of the run
+RESUME_CASES = [("gae", 0), ("rloo", 1), ("rloo", 5), ("rloo", 7)]  # killed after steps 2, 1, 3, 2
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("advantage", sorted(RESUME_CONFIGS))
-def test_killed_run_resumes_with_identical_metrics(advantage, tiny_base, tiny_task, tmp_path):
+@pytest.mark.parametrize(("advantage", "seed"), RESUME_CASES)
+def test_killed_run_resumes_with_identical_metrics(advantage, seed, tiny_base, tiny_task, tmp_path):
     prompts_file = tmp_path / "prompts.json"
     prompts_file.write_text(json.dumps([p for p, _, _ in tiny_task]))
-    cfg = dict(steps=4, batch_size=4, samples_per_prompt=2, max_new_tokens=16, checkpoint_every=1,
+    steps, kill_at = 4, random.Random(seed).randint(1, 3)
+    cfg = dict(steps=steps, batch_size=4, samples_per_prompt=2, max_new_tokens=16, checkpoint_every=1, seed=seed,
                lora_target_modules=["q_proj", "v_proj"], progress=False, **RESUME_CONFIGS[advantage])
     straight = _run(tmp_path, tiny_base, tmp_path / "straight", -1, cfg, prompts_file)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run(tmp_path, tiny_base, tmp_path / "killed", 2, cfg, prompts_file)
+    killed = _run(tmp_path, tiny_base, tmp_path / "killed", kill_at, cfg, prompts_file)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert len(_metrics(tmp_path / "killed")) == 2
+    assert len(_metrics(tmp_path / "killed")) == kill_at
     assert not (tmp_path / "killed" / "adapter").exists()
     resumed = _run(tmp_path, tiny_base, tmp_path / "killed", -1, cfg, prompts_file)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "killed")
-    assert [m["step"] for m in b] == [1, 2, 3, 4]
-    for step in (2, 3):  # step k+1 = 3 and the one after it
+    assert [m["step"] for m in b] == list(range(1, steps + 1))
+    for step in range(kill_at, steps):  # every step after the kill (0-based index: step kill_at + 1 onwards)
         for key, value in a[step].items():
             if key not in VOLATILE:
                 assert b[step][key] == pytest.approx(value, abs=1e-6), (step, key)
