@@ -9,6 +9,7 @@ descendant fails the run, named with the test module that was running when it wa
 """
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,16 +33,21 @@ import pytest  # noqa: E402
 
 pytest_plugins = ["pytester"]  # tests/reliability/test_process_hygiene.py runs this file's session check
 _PR_SET_CHILD_SUBREAPER = 36
+_MP_HELPER = re.compile(r"from multiprocessing\.(forkserver|resource_tracker) import main")
 _SEEN_IN: dict[tuple[int, float], str] = {}  # (pid, create_time) of a descendant -> the module that was running
 
 
 def _descendants() -> dict[tuple[int, float], psutil.Process]:
-    """Live (not zombie) descendants of this pytest process, by (pid, create_time)."""
+    """Live (not zombie) descendants of this pytest process, by (pid, create_time); multiprocessing's forkserver and
+    resource tracker, which live as long as the interpreter that started them, are not counted (their children are).
+    """
     found = {}
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                found[(proc.pid, proc.create_time())] = proc
+            if proc.status() == psutil.STATUS_ZOMBIE or (proc.ppid() == os.getpid() and _MP_HELPER.search(
+                    " ".join(proc.cmdline()))):
+                continue
+            found[(proc.pid, proc.create_time())] = proc
         except psutil.NoSuchProcess:
             pass
     return found
