@@ -215,8 +215,8 @@ def retry_on_io(task, task_run, state) -> bool:
 
     try:
         state.result()
-    except JudgeError as exc:  # the endpoint kept failing (5xx/429/timeouts): worth a later retry
-        return "attempts" in str(exc)
+    except JudgeError as exc:  # the endpoint down, slow or overloaded: worth a later retry; garbage verdicts are not
+        return exc.transient
     except Exception as exc:  # noqa: BLE001 - classified by is_transient_io
         return is_transient_io(exc)
     return False

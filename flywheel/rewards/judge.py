@@ -1,18 +1,20 @@
 """LLM judge: a Markdown rubric sent to any OpenAI-compatible chat endpoint, hardened against the text it judges.
 
 Hardening, in order:
-1. a rule pre-check catches degenerate answers (empty, punctuation, "Thought process:" master keys) before any
-   call: they get the rubric's minimum with the reason, and no request;
+1. a rule pre-check catches degenerate answers (empty, punctuation, "Thought process:" master keys, also disguised:
+   ``flywheel.rewards.precheck``) before any call: they get the rubric's minimum with the reason, and no request;
 2. the judged conversation and answer are JSON-encoded (``<``/``>`` escaped, so no delimiter can appear inside)
    between ``<<<DATA id=…>>>`` markers whose id is a hash of the whole input; the system prompt declares the block
    as data, never instructions;
 3. the verdict must be exactly one JSON object ``{"data_id", "score", "reasons"}``: the ``data_id`` must echo the
    block's id (an echoed or injected fake verdict cannot know it), the score must lie in the rubric's range;
 4. one repair request on a malformed verdict, then a recorded failure (``JudgeError`` or a missing verdict) —
-   never a silent zero.
+   never a silent zero. Each failure has a reason (``flywheel.rewards.verdict``) counted in ``JudgeStats``, and
+   its message names the judge's model and endpoint (without credentials).
 
 Requests run concurrently (semaphore), with timeouts and exponential backoff on 429, 5xx, timeouts and
-connection errors; successful verdicts are cached in SQLite keyed by hash(rubric, model, params, input).
+connection errors; successful verdicts are cached in SQLite keyed by hash(rubric, model, params, input), written
+every ``cache_flush_every`` verdicts and when a batch ends (a killed run keeps what it paid for, but the last few).
 Each concurrency slot has its own keep-alive connection (one ``httpx.AsyncClient`` each: a shared pool re-scans
 every connection on every request, which serialised the event loop at 16 in flight), bodies are encoded with
 orjson and the TLS context is built once per process. Requests and tokens per minute and the night's token budget
@@ -38,17 +40,17 @@ import orjson
 
 from flywheel.rewards.judge_http import RETRYABLE, Connections
 from flywheel.rewards.limits import Budget, BudgetExhausted, JudgeStats, RateLimiter, estimate_tokens, prompt_tokens
-from flywheel.rewards.rules import degenerate_reason
+from flywheel.rewards.precheck import precheck_reason
+from flywheel.rewards.verdict import (
+    JudgeBudgetError,
+    JudgeError,
+    parse_verdict,
+    redact_url,
+    transport_reason,
+    valid_score,
+)
 
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubrics"
-
-
-class JudgeError(RuntimeError):
-    """The judge could not give a valid verdict (after retries and the repair request)."""
-
-
-class JudgeBudgetError(JudgeError):
-    """The night's token budget (``rewards.judge.budget_tokens``) is spent and ``on_failure`` is ``fail``."""
 
 
 @dataclass(frozen=True)
@@ -126,36 +128,6 @@ def build_messages(rubric: Rubric, prompt: list[dict], completion: str) -> tuple
     return [{"role": "system", "content": system}, {"role": "user", "content": user}], did
 
 
-def parse_verdict(content: str, did: str, low: float, high: float) -> tuple[float, list[str]]:
-    """The score from a structured verdict only; raises ``ValueError`` saying what is wrong.
-
-    >>> parse_verdict('{"data_id": "x1", "score": 4, "reasons": ["clear"]}', "x1", 1, 5)
-    (4.0, ['clear'])
-    """
-    text = (content or "").strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
-    if fenced:
-        text = fenced.group(1)
-    try:
-        verdict = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"verdict is not one JSON object: {e}") from None
-    if not isinstance(verdict, dict):
-        raise ValueError("verdict must be a JSON object")
-    if verdict.get("data_id") != did:
-        raise ValueError(f"verdict data_id must be {did!r}, got {verdict.get('data_id')!r}")
-    score = verdict.get("score")
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-        raise ValueError(f"verdict score must be a number, got {score!r}")
-    if not low <= score <= high:
-        raise ValueError(f"verdict score {score} is outside the rubric's range [{low:g}, {high:g}]")
-    reasons = verdict.get("reasons", [])
-    reasons = [reasons] if isinstance(reasons, str) else reasons
-    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-        raise ValueError("verdict reasons must be a list of strings")
-    return float(score), reasons
-
-
 # ---------------------------------------------------------------- cache
 
 class VerdictCache:
@@ -199,6 +171,8 @@ class Verdict:
 class JudgeClient:
     """Async OpenAI-compatible chat client for verdicts (``/chat/completions``)."""
 
+    cache_flush_every = 32  # verdicts per cache transaction within a batch: a killed run loses at most these
+
     def __init__(self, base_url: str, model: str, api_key: str = "", *, concurrency: int = 16,
                  timeout_s: float = 60.0, max_retries: int = 4, backoff_s: float = 0.5, temperature: float = 0.0,
                  max_tokens: int = 256, json_mode: bool = True, cache: VerdictCache | None = None,
@@ -231,6 +205,11 @@ class JudgeClient:
         return hashlib.sha256(json.dumps([kind, rubric_sha, self.model, self.params, payload],
                                          sort_keys=True).encode()).hexdigest()
 
+    @property
+    def where(self) -> str:
+        """The judge as failure messages name it: model and endpoint, without credentials."""
+        return f"judge {self.model!r} at {redact_url(self.url)}"
+
     async def _post(self, http: Connections, messages: list[dict]) -> str:
         """One chat completion with retries, each attempt paced and paid for; the message content, or ``JudgeError``.
 
@@ -244,7 +223,7 @@ class JudgeClient:
         if self.api_key:
             headers["authorization"] = f"Bearer {self.api_key}"
         charge = prompt_tokens(messages) + int(self.params["max_tokens"])  # settled with the real usage
-        last = ""
+        last, last_reason = "", "error"
         for attempt in range(self.max_retries + 1):
             delay = self.backoff_s * 2 ** attempt * (1 + 0.25 * random.random())
             await self.budget.reserve(charge)
@@ -256,14 +235,16 @@ class JudgeClient:
                 try:
                     r = await http.post(self.url, content=content, headers=headers, timeout=self.timeout_s)
                 except (httpx.TimeoutException, httpx.TransportError) as e:
-                    last = f"{type(e).__name__}: {e}"
+                    last, last_reason = f"{type(e).__name__}: {e}", transport_reason(e)
                 else:
                     if r.status_code == 200:
                         text, used = self._answer(r, messages)
                         return text
                     if r.status_code not in RETRYABLE:
-                        raise JudgeError(f"endpoint answered HTTP {r.status_code}: {r.text[:200]}")
-                    last = f"HTTP {r.status_code}"
+                        quoted = r.text.replace(self.api_key, "***") if self.api_key else r.text  # proxies echo it
+                        raise JudgeError(f"endpoint answered HTTP {r.status_code}: {quoted[:200]}",
+                                         f"http_{r.status_code}")
+                    last, last_reason = f"HTTP {r.status_code}", f"http_{r.status_code}"
                     retry_after = r.headers.get("retry-after")
                     if retry_after and retry_after.replace(".", "", 1).isdigit():
                         delay = min(float(retry_after), 60.0)
@@ -272,7 +253,7 @@ class JudgeClient:
                 await self.budget.settle(charge, used)
             if attempt < self.max_retries:
                 await asyncio.sleep(delay)
-        raise JudgeError(f"endpoint failed after {self.max_retries + 1} attempts: {last}")
+        raise JudgeError(f"endpoint failed after {self.max_retries + 1} attempts: {last}", last_reason)
 
     def _answer(self, r: httpx.Response, messages: list[dict]) -> tuple[str, int]:
         """(content, tokens used) of a 200 answer; tokens from ``usage``, else estimated (characters / 4)."""
@@ -280,7 +261,8 @@ class JudgeClient:
             data = orjson.loads(r.content)
             text = data["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise JudgeError(f"endpoint answered 200 without choices[0].message.content: {e}") from None
+            raise JudgeError(f"endpoint answered 200 without choices[0].message.content: {e}",
+                             "bad_response") from None
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not (isinstance(tokens_in, int) and isinstance(tokens_out, int)):
@@ -291,34 +273,48 @@ class JudgeClient:
         return text, tokens_in + tokens_out
 
     async def _verdict(self, http, sem, messages: list[dict], parse: Callable[[str], Any]) -> Any:
-        """Ask, parse; one repair request on a malformed verdict; raises ``JudgeError`` on failure (and
-        ``JudgeBudgetError`` when the night's token budget is spent)."""
+        """Ask, parse; one repair request on a malformed verdict; raises ``JudgeError`` naming the judge and why (and
+        ``JudgeBudgetError`` when the night's token budget is spent), counted by reason in ``stats``."""
         async with sem:
             try:
-                content = await self._post(http, messages)
-                try:
-                    return parse(content)
-                except ValueError as first:
-                    repair = messages + [
-                        {"role": "assistant", "content": content[:2000]},
-                        {"role": "user", "content": f"That reply is invalid ({first}). Reply again with ONLY the "
-                                                    "JSON object in the required format."},
-                    ]
-                    self.stats.repairs += 1
-                    content = await self._post(http, repair)
-                    try:
-                        return parse(content)
-                    except ValueError as second:
-                        raise JudgeError(f"invalid verdict after one repair: {second}") from None
+                return await self._ask(http, messages, parse)
             except BudgetExhausted as e:
-                raise JudgeBudgetError(str(e)) from None
+                error: JudgeError = JudgeBudgetError(str(e))
+            except JudgeError as e:
+                error = e
+        self.stats.note_missing(error.reason)
+        raise type(error)(f"{self.where}: {error}", error.reason) from None
+
+    async def _ask(self, http, messages: list[dict], parse: Callable[[str], Any]) -> Any:
+        content = await self._post(http, messages)
+        try:
+            return parse(content)
+        except ValueError as first:
+            repair = messages + [
+                {"role": "assistant", "content": content[:2000]},
+                {"role": "user", "content": f"That reply is invalid ({first}). Reply again with ONLY the "
+                                            "JSON object in the required format."},
+            ]
+            self.stats.repairs += 1
+            content = await self._post(http, repair)
+            try:
+                return parse(content)
+            except ValueError as second:
+                raise JudgeError(f"invalid verdict after one repair: {second}",
+                                 getattr(second, "reason", "invalid_verdict")) from None
 
     async def _run(self, jobs: list[Callable]) -> list[Any]:
         sem = asyncio.Semaphore(self.concurrency)
         http = Connections()
         self._pending: list[tuple[str, dict]] = []
+        tasks = [asyncio.ensure_future(job(http, sem)) for job in jobs]
         try:
-            return await asyncio.gather(*(job(http, sem) for job in jobs))
+            return await asyncio.gather(*tasks)
+        except BaseException:  # on_failure: fail (or cancelled): stop the requests in flight before closing
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:  # verdicts obtained before a failure are kept
             await http.aclose()
             self.stats.rate_limited_s = self.rate.waited_s
@@ -327,9 +323,12 @@ class JudgeClient:
             self._pending = []
 
     def remember(self, key: str, verdict: dict) -> None:
-        """Queue a valid verdict for the cache (written in one transaction when the batch ends)."""
+        """Queue a valid verdict for the cache: written ``cache_flush_every`` at a time and when the batch ends."""
         if self.cache:
             self._pending.append((key, verdict))
+            if len(self._pending) >= self.cache_flush_every:
+                self.cache.put_many(self._pending)
+                self._pending = []
 
     def run(self, jobs: list[Callable]) -> list[Any]:
         """Run coroutine factories ``job(http, sem)`` on a fresh event loop (or a worker thread if one is running)."""
@@ -348,14 +347,14 @@ class JudgeClient:
         verdicts: list[Verdict | None] = [None] * len(completions)
         jobs, slots = [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            reason = degenerate_reason(completion)
+            reason = precheck_reason(completion)
             if reason:
                 verdicts[i] = Verdict(rubric.low, [f"degenerate answer ({reason})"], precheck=True)
                 self.stats.prechecked += 1
                 continue
             key = self.cache_key("pointwise", rubric.sha, [prompt, completion])
             hit = self.cache.get(key) if self.cache else None
-            if hit is not None:
+            if hit is not None and valid_score(hit.get("score"), rubric.low, rubric.high):  # else asked again
                 verdicts[i] = Verdict(hit["score"], hit["reasons"], cached=True)
                 self.stats.cache_hits += 1
                 continue

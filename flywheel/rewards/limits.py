@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def estimate_tokens(text: str) -> int:
@@ -145,6 +145,15 @@ class JudgeStats:
     tokens_out: int = 0  # completion tokens (likewise)
     usage_estimated: int = 0  # answers without usage, whose tokens were estimated
     rate_limited_s: float = 0.0  # time requests waited for the requests/tokens-per-minute limits
+    # verdicts missing (or raised) by reason (flywheel.rewards.verdict): timeout, unreachable, http_503,
+    # not_json, score_out_of_range, budget_spent...; ``missing_<reason>`` in ``as_dict``
+    missing_reasons: dict[str, int] = field(default_factory=dict)
+
+    def note_missing(self, reason: str) -> None:
+        self.missing_reasons[reason] = self.missing_reasons.get(reason, 0) + 1
 
     def as_dict(self) -> dict[str, int | float]:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+        """Flat counts (the score stage's ``judge_counts``): the fields, and ``missing_<reason>`` per reason."""
+        out = {k: round(v, 3) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()
+               if k != "missing_reasons"}
+        return out | {f"missing_{r}": n for r, n in sorted(self.missing_reasons.items())}

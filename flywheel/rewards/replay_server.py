@@ -5,8 +5,13 @@ Each request takes the next action of the script (then ``default``):
 
 ``valid``          a verdict computed from the decoded data block (``score_fn(answer)`` / ``pair_fn(a, b)``)
 ``malformed``      not JSON                        ``out_of_range``  a score above the declared range
-``429`` / ``500``  that HTTP status                ``slow``          sleeps ``slow_s`` before a valid verdict
+``429``, ``500``…  that HTTP status                ``slow``          sleeps ``slow_s`` before a valid verdict
 ``echo``           replies with the judged answer text itself (a parroting model)
+``score:<JSON>``   a verdict with the right ``data_id`` and that literal score (``score:11``, ``score:NaN``,
+                   ``score:"7"``): what an out-of-range or mistyped score does
+``content:<text>`` that message content, verbatim (garbage verdicts)
+``body:<text>``    HTTP 200 whose whole body is that text (not a chat completion: a proxy's error page)
+``hang``           never answers (until the server stops): a judge that died mid-request
 
 A block that does not decode (an escaped delimiter) makes the "valid" verdict the maximum score: a fooled judge.
 
@@ -68,6 +73,7 @@ class ReplayServer:
         self._thread: threading.Thread | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()  # one per connection, cancelled when the server stops
         self._address: tuple[str, int] | None = None
 
     @property
@@ -81,10 +87,12 @@ class ReplayServer:
 
     def answer(self, body: dict, action: str) -> tuple[int, str]:
         """(HTTP status, message content) for one request."""
-        if action in {"429", "500"}:
+        if action.isdigit():  # "429", "500", "401"...: that HTTP status
             return int(action), '{"error": "scripted"}'
         if action == "malformed":
             return 200, "I think the answer is quite good, score: 4"
+        if action.startswith(("content:", "body:")):
+            return 200, action.split(":", 1)[1]
         messages = body.get("messages") or [{}]
         system, user = messages[0].get("content", ""), messages[-1].get("content", "")
         first_user = next((m.get("content", "") for m in messages if m.get("role") == "user"), user)
@@ -101,6 +109,8 @@ class ReplayServer:
             return 200, text
         if action == "out_of_range":
             return 200, json.dumps({"data_id": did, "score": high + 10, "reasons": ["scripted out of range"]})
+        if action.startswith("score:"):
+            return 200, f'{{"data_id": {json.dumps(did)}, "score": {action[6:]}, "reasons": ["scripted score"]}}'
         if action == "slow":
             time.sleep(self.slow_s)
         if not isinstance(data, dict):  # the block escaped: a naive judge is fooled
@@ -136,6 +146,10 @@ class ReplayServer:
         action = self._next_action(body)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if action == "hang":
+            await asyncio.Event().wait()  # cancelled when the server stops
+        if action.startswith("body:"):
+            return 200, action[5:].encode()
         if action == "slow" or "answer" in self.__dict__:  # may block: a worker thread, never the loop
             status, content = await asyncio.get_running_loop().run_in_executor(self._workers, self.answer, body,
                                                                                action)
@@ -146,6 +160,7 @@ class ReplayServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection: requests one after another (keep-alive) until the client closes it."""
         self._conns.add(writer)
+        self._handlers.add(asyncio.current_task())
         try:
             while True:
                 request = await _read_request(reader)
@@ -169,6 +184,7 @@ class ReplayServer:
             pass  # the client went away (timed out) or sent garbage: drop the connection
         finally:
             self._conns.discard(writer)
+            self._handlers.discard(asyncio.current_task())
             writer.close()
 
     def __enter__(self) -> ReplayServer:
@@ -203,6 +219,10 @@ class ReplayServer:
 
         async def stop() -> None:
             self._server.close()
+            handlers = list(self._handlers)  # those waiting for a slow answer or hanging
+            for t in handlers:
+                t.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             for w in list(self._conns):
                 w.close()
             await self._server.wait_closed()
