@@ -8,12 +8,24 @@
   code change recomputes the stages it touched; ``refresh=True`` recomputes everything;
 * retries stay as each task declares them (only stages that do I/O against flaky services retry, never training);
 * any exception leaves the task as ``StageFailed("stage <name> failed: <reason>")`` so the flow run's message says
-  where it broke.
+  where it broke;
+* observe is the one stage whose rerun is not idempotent: once commit has merged the night's objects into the
+  manifest, observing again finds "no new data". So the flow writes the night's observation to
+  ``<state>/nights/<flow>-<day>.observation.json`` before commit (``remember_observation``) and a rerun resumes with it
+  (``committed_observation``) even when Prefect's cached result is gone: a changed ``tasks/observe.py`` (new cache
+  key), a result file cut short by a kill mid-write (Prefect reads it as a miss) or ``refresh=True``. Without it such a
+  rerun skipped the night: its rows were marked read and never scored or trained on.
+
+Test hook: with ``FLYWHEEL_TEST_STOP_AFTER_STAGE=<stage>`` in its environment the process stops itself (SIGSTOP)
+right after that stage's result is persisted, so a test can SIGKILL it exactly at the stage boundary
+(``tests/reliability/test_night_kill.py``). Never set it in production: the process waits for a signal forever.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+STOP_AFTER_ENV = "FLYWHEEL_TEST_STOP_AFTER_STAGE"
 
 
 class StageFailed(RuntimeError):
@@ -106,6 +120,8 @@ def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> 
         night.seconds[name] = round(time.perf_counter() - t0, 3)
     night.cached[name] = bool(getattr(state, "name", "") == "Cached")
     night.run_seconds[name] = round(sum(inner), 3)
+    if os.environ.get(STOP_AFTER_ENV) == name:  # test hook (module docstring): freeze at this stage boundary
+        os.kill(os.getpid(), signal.SIGSTOP)
     return result
 
 
@@ -134,6 +150,42 @@ def task_source_digest(task: Any) -> str:
     except (OSError, TypeError):
         text = task.fn.__qualname__
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _observation_file(night: Night, flow: str) -> Path:
+    return night.state / "nights" / f"{flow}-{night.day}.observation.json"
+
+
+def remember_observation(night: Night, observation: Any, flow: str = "nightly") -> Path:
+    """Write the observation this night is about to commit (atomically), for ``committed_observation``."""
+    path = _observation_file(night, flow)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(observation.model_dump_json(indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def committed_observation(night: Night, observation: Any, flow: str = "nightly",
+                          log: Callable[[str], None] | None = None) -> Any:
+    """The observation an earlier run of this night committed (or was about to), else ``observation``.
+
+    Reusing it keeps the later stages' cache keys, so the rerun resumes where the killed run stopped. Raises
+    ``StageFailed`` if that observation's snapshot is gone (its objects are in the manifest: they cannot be read
+    again without editing it).
+    """
+    path = _observation_file(night, flow)
+    if not path.is_file():
+        return observation
+    saved = type(observation).model_validate_json(path.read_text())
+    if saved.snapshot_uri and not Path(saved.snapshot_uri).is_file():
+        raise StageFailed("observe", f"{path}: an earlier run of night {night.day} committed snapshot "
+                                     f"{saved.snapshot_uri}, which is gone; its objects are marked read in the "
+                                     "manifest, so restore the snapshot or remove them from the manifest")
+    if log is not None and (saved.snapshot_hash, saved.new_data) != (observation.snapshot_hash, observation.new_data):
+        log(f"night {night.day}: an earlier run committed snapshot {saved.snapshot_hash} ({saved.rows} rows; {path});"
+            f" resuming with it (observe now says: {observation.message})")
+    return saved
 
 
 def run_glue(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows._stage import Night, StageFailed, digest, run_stage
+from flows._stage import Night, StageFailed, committed_observation, digest, remember_observation, run_glue, run_stage
 from flows.continuous_improvement import load_flow_config, night_of
 from flywheel.base_model import resolve_base
 from tasks.bootstrap import build_base_model, existing_champion, register_champion, sft_warm_start
@@ -56,9 +56,11 @@ def bootstrap_champion(config_path: str | None = None, day: str | None = None,
                                base_model=str(resolve_base(cfg.model.base, cfg.state)),
                                adapter_uri=existing[1], champion_version=str(existing[0]))
     observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
+    observation = committed_observation(night, observation, "bootstrap", log=log.warning)  # flows/_stage.py
     if not observation.new_data:
         raise StageFailed("observe", f"no logs to bootstrap from in {cfg.source.uri}: {observation.message}")
     clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validation, str(cfg.state))
+    run_glue("commit", remember_observation, night, observation, "bootstrap")
     run_stage(night, "commit", commit_observed, observation, str(cfg.state))
     base = run_stage(night, "build_base", build_base_model, cfg, clean)
     warm = run_stage(night, "sft", sft_warm_start, cfg, clean, base, sft_epochs)

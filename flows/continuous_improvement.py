@@ -17,7 +17,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from flows._stage import Night, StageFailed, digest, run_glue, run_stage
+from flows._stage import (
+    Night,
+    StageFailed,
+    committed_observation,
+    digest,
+    remember_observation,
+    run_glue,
+    run_stage,
+)
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.gateway.decisions import CanarySummary, canary_summary, summary_lines, table_rows
 from flywheel.nightlock import night_lock
@@ -110,11 +118,13 @@ def run_night(night: Night, cfg: FlywheelConfig) -> NightRecord:
     log = get_run_logger()
     night.ensure_storage()
     observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
+    observation = committed_observation(night, observation, log=log.warning)  # a rerun after commit: flows/_stage.py
     if not observation.new_data:
         record = NightRecord(day=night.day, status="skipped", reason=f"no new logs: {observation.message}")
         log.info(record.reason)
         return _finish(night, record, cfg)
     clean = run_stage(night, "validate", validate_snapshot, observation, cfg.validation, str(cfg.state))
+    run_glue("commit", remember_observation, night, observation)
     run_stage(night, "commit", commit_observed, observation, str(cfg.state))
     record = NightRecord(day=night.day, status="completed", rows_in=clean.rows_in, rows_clean=clean.rows_clean,
                          rows_quarantined=clean.rows_quarantined, snapshot_hash=clean.snapshot_hash)

@@ -2,7 +2,7 @@
 
 Hardening, in order:
 1. a rule pre-check catches degenerate answers (empty, punctuation, "Thought process:" master keys, also disguised:
-   ``flywheel.rewards.precheck``) before any call: they get the rubric's minimum with the reason, and no request;
+   ``flywheel.rewards.rules.fold``) before any call: they get the rubric's minimum with the reason, and no request;
 2. the judged conversation and answer are JSON-encoded (``<``/``>`` escaped, so no delimiter can appear inside)
    between ``<<<DATA id=…>>>`` markers whose id is a hash of the whole input; the system prompt declares the block
    as data, never instructions;
@@ -40,7 +40,7 @@ import orjson
 
 from flywheel.rewards.judge_http import RETRYABLE, Connections
 from flywheel.rewards.limits import Budget, BudgetExhausted, JudgeStats, RateLimiter, estimate_tokens, prompt_tokens
-from flywheel.rewards.precheck import precheck_reason
+from flywheel.rewards.rules import degenerate_reason
 from flywheel.rewards.verdict import (
     JudgeBudgetError,
     JudgeError,
@@ -347,7 +347,7 @@ class JudgeClient:
         verdicts: list[Verdict | None] = [None] * len(completions)
         jobs, slots = [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            reason = precheck_reason(completion)
+            reason = degenerate_reason(completion)
             if reason:
                 verdicts[i] = Verdict(rubric.low, [f"degenerate answer ({reason})"], precheck=True)
                 self.stats.prechecked += 1

@@ -14,6 +14,7 @@ import ast
 import difflib
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -237,25 +238,48 @@ MASTER_KEYS = (
     "answer", "step 1", "first", "sure", "ok", "okay", "here is the answer", "the answer is", "解", "答案",
 )
 _NO_WORD = re.compile(r"^[\W_]*$", re.UNICODE)
+_LEADING = re.compile(r"^[\W_]+")
 
 
-def degenerate_reason(completion: str, max_key_chars: int = 48) -> str | None:
-    """Why a completion is degenerate (empty, punctuation only, a bare master key), or None.
+def fold(text: str) -> str:
+    """Text as a master-key match sees it: NFKC (full-width and compatibility forms to plain ones), invisible format
+    characters (zero-width, bidi controls) removed, leading punctuation and Markdown (``**``, ``>``, quotes) stripped.
 
-    >>> degenerate_reason("Thought process:"), degenerate_reason('{"intent": "refund"}')
-    ('master key: thought process', None)
+    >>> fold("**Ｔｈｏｕｇｈｔ\u200b process:**")
+    'Thought process:**'
     """
-    text = (completion or "").strip()
-    if not text:
-        return "empty"
-    if _NO_WORD.match(text):
-        return "punctuation only"
+    text = unicodedata.normalize("NFKC", text or "")
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return _LEADING.sub("", text.strip())
+
+
+def _bare_key(text: str, max_key_chars: int) -> str | None:
     if len(text) <= max_key_chars:
         core = re.sub(r"[\s\W_]+$", "", text).strip().casefold()
         for key in MASTER_KEYS:
             if core == key or core.rstrip(".:") == key:
                 return f"master key: {key}"
     return None
+
+
+def degenerate_reason(completion: str, max_key_chars: int = 48) -> str | None:
+    """Why a completion is degenerate (empty, punctuation only, a bare master key, also disguised by Markdown,
+    full-width letters or zero-width characters: ``fold``), or None.
+
+    >>> degenerate_reason("Thought process:"), degenerate_reason('{"intent": "refund"}')
+    ('master key: thought process', None)
+    >>> degenerate_reason("> *Let's think step by step*")
+    "master key: let's think step by step (disguised)"
+    """
+    text = (completion or "").strip()
+    if not text:
+        return "empty"
+    if _NO_WORD.match(text):
+        return "punctuation only"
+    if reason := _bare_key(text, max_key_chars):
+        return reason
+    folded = _bare_key(fold(text), max_key_chars)
+    return f"{folded} (disguised)" if folded else None
 
 
 def not_degenerate() -> RuleGrader:
