@@ -3,6 +3,10 @@
 
 Plots (matplotlib, Agg backend): per-component score distributions of candidate, champion and base; the
 candidate - reference difference of each component with its 95 % CI; KL and length per role.
+
+Texts written here (the examples, every prompt and answer of ``responses.jsonl``) go through ``flywheel.pii``
+first: the snapshot's prompts are scrubbed already, but golden-set prompts (``evaluate.golden_set``) and generated
+answers are not, and these files are logged to MLflow as artifacts.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flywheel import pii
 from flywheel.records import Check, Decision
 from flywheel.stats import EvalReport
 
@@ -152,6 +157,7 @@ def write_report(report: EvalReport, decision: Decision, scores: Scores, measure
     """Write ``report.json`` and ``report.html`` (plots embedded, also saved as PNG files) under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    report = report.model_copy(update={"examples": pii.scrub_json(report.examples)})
     json_path = out / "report.json"
     json_path.write_text(json.dumps({"report": report.model_dump(mode="json"),
                                      "decision": decision.model_dump(mode="json")}, indent=2))
@@ -165,9 +171,11 @@ def write_report(report: EvalReport, decision: Decision, scores: Scores, measure
 
 def write_responses(out_dir: str | Path, prompts: list[list[dict]], sources: list[str],
                     responses: dict[str, list[str]]) -> Path:
-    """``responses.jsonl``: one line per prompt with its source (logs | golden) and every role's answer."""
+    """``responses.jsonl``: one line per prompt with its source (logs | golden) and every role's answer (PII
+    scrubbed)."""
     path = Path(out_dir) / "responses.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
+    prompts, responses = pii.scrub_json(prompts), pii.scrub_json(responses)
     path.write_text("".join(
         json.dumps({"prompt": p, "source": s, **{r: answers[i] for r, answers in responses.items()}}) + "\n"
         for i, (p, s) in enumerate(zip(prompts, sources))))

@@ -4,7 +4,10 @@ Every section lives in its own module (``data``, ``train``, ``rewards``, ``relea
 them, expands ``${ENV_VAR}`` references, and turns validation failures into one error that names every bad
 key path (``source.uri: must be a local folder or s3://bucket/prefix``).
 
-Secrets (``SecretStr`` fields such as ``rewards.judge.api_key``) are never printed: ``render_config`` masks them.
+Secrets (``SecretStr`` fields such as ``rewards.judge.api_key``) are never printed: ``render_config`` masks them,
+and the password of a URI (``registry.tracking_uri: https://user:pass@host``); error messages show no value of a
+key named like a secret and no URI password. Names that become files under the state dir (``project.name``,
+``registry.model_name``) must be plain names, so no value climbs out of its folder.
 """
 from __future__ import annotations
 
@@ -14,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from flywheel.config.agent import AgentConfig
 from flywheel.config.data import SourceConfig, ValidateConfig
 from flywheel.config.gateway import GatewayConfig
-from flywheel.config.release import EvaluateConfig, RegistryConfig, ScheduleConfig, ServeConfig
+from flywheel.config.release import EvaluateConfig, RegistryConfig, ScheduleConfig, ServeConfig, check_name
 from flywheel.config.rewards import RewardsConfig
 from flywheel.config.train import ModelConfig, TinyBaseConfig, TrainConfig
 
 __all__ = [
-    "ConfigError", "FlywheelConfig", "ProjectConfig", "load_config", "render_config",
+    "ConfigError", "FlywheelConfig", "ProjectConfig", "load_config", "redact_userinfo", "render_config",
     "SourceConfig", "ValidateConfig", "ModelConfig", "TinyBaseConfig", "TrainConfig", "RewardsConfig",
     "EvaluateConfig", "RegistryConfig", "ServeConfig", "ScheduleConfig", "AgentConfig", "GatewayConfig",
 ]
@@ -38,9 +41,15 @@ class Strict(BaseModel):
 
 class ProjectConfig(Strict):
     name: str = Field("support-bot", description="Use case name; the MLflow registered model and experiment are named "
-                                                 "after it.")
+                                                 "after it. A plain name (no '/', '\\' nor leading '.'): it names "
+                                                 "files under the state dir.")
     state_dir: Path = Field(Path(".flywheel"), description="Folder for manifests, snapshots, quarantine, caches, "
                                                            "MLflow's SQLite store and checkpoints.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_name(v)
 
 
 class FlywheelConfig(Strict):
@@ -65,11 +74,21 @@ class FlywheelConfig(Strict):
     def state(self) -> Path:
         return Path(self.project.state_dir)
 
+    @model_validator(mode="after")
+    def _pii_names(self):
+        """``validate.pii.extra_patterns`` names become the replacement ``[NAME]`` written into JSON columns."""
+        for name in self.validation.pii.extra_patterns:
+            if not _PII_NAME.fullmatch(name):
+                raise ValueError(f"validate.pii.extra_patterns.{name}: a pattern name is letters, digits and '_' "
+                                 f"(it becomes the replacement [{name.upper()}] inside JSON text)")
+        return self
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names each bad key path."""
 
 
+_PII_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -115,8 +134,11 @@ def config_from_dict(raw: dict[str, Any] | None, where: str = "<config>") -> Fly
                 continue
             shown = err.get("input")
             secret = any(w in key.lower() for w in ("key", "secret", "token", "password"))
-            got = "" if secret or isinstance(shown, (dict, list)) else f", got {shown!r}"
-            lines.append(f"{key}: {err['msg']}{got}")
+            got = "" if secret or isinstance(shown, (dict, list)) else f", got {redact_userinfo(shown)!r}"
+            if not key:  # a check across sections: its message names the key
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            lines.append(f"{key}: {redact_userinfo(err['msg'])}{got}")
         raise ConfigError(f"{where}: invalid configuration\n  " + "\n  ".join(lines)) from None
 
 
@@ -146,9 +168,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return config_from_dict(raw, where)
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+
+
+def redact_userinfo(value: Any) -> Any:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host`` in a string (a password in a URI such as
+    ``registry.tracking_uri`` or ``rewards.judge.base_url``); anything else unchanged."""
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", value) if isinstance(value, str) else value
+
+
 def _mask(node: Any) -> Any:
     if isinstance(node, SecretStr):
         return "**********" if node.get_secret_value() else ""
+    if isinstance(node, str):
+        return redact_userinfo(node)
     if isinstance(node, dict):
         return {k: _mask(v) for k, v in node.items()}
     if isinstance(node, list):

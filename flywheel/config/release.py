@@ -1,10 +1,25 @@
 """Config of evaluate (gates, monitors), promote (registry), serve (vLLM, deploy smoke test), nightly schedule."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def check_name(value: str) -> str:
+    """A name that becomes one path component under the state dir (``<state>/locks/registry-<name>.lock``,
+    ``<state>/models/registry/<name>-v<N>``) and an MLflow name: no path separator, control character or leading dot,
+    so it can never climb out of its folder (``..``) nor name an absolute path."""
+    if not value or value != value.strip():
+        raise ValueError("must be a non-empty name without leading or trailing spaces")
+    if _UNSAFE_NAME.search(value) or value.startswith("."):
+        raise ValueError("must be a plain name (letters, digits, '-', '_', '.', spaces; no '/', '\\', control "
+                         "character or leading '.'): it names files under the state dir")
+    return value
 
 
 class _Strict(BaseModel):
@@ -63,7 +78,9 @@ class EvaluateConfig(_Strict):
 
 class RegistryConfig(_Strict):
     tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI; None = sqlite under state_dir.")
-    model_name: str | None = Field(None, description="Registered model name; None = project.name.")
+    model_name: str | None = Field(None, description="Registered model name; None = project.name. A plain name (no "
+                                                     "'/', '\\' nor leading '.'): it names files under the state "
+                                                     "dir.")
     lock_timeout_s: float = Field(600.0, gt=0, description="Max wait for the promotion lock (one promotion at a time).")
     require_fresh_evaluation: bool = Field(True, description="Refuse to promote when the champion changed since the "
                                                              "candidate was evaluated.")
@@ -73,6 +90,11 @@ class RegistryConfig(_Strict):
                                                    "deploy loads it as gateway.routing.challenger_model beside the "
                                                    "champion, and the gateway's monitor promotes or rolls it back "
                                                    "on live KPIs (the first release, with no champion, is promoted).")
+
+    @field_validator("model_name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v)
 
 
 class ServeConfig(_Strict):
