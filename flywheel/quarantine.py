@@ -1,9 +1,10 @@
-"""The quarantine folder, ``<state>/quarantine/``: the one place the raw input is kept.
+"""The private folders of the state dir (``<state>/quarantine/``, ``<state>/raw/``): the only places raw input is kept.
 
 Each rejected row keeps its original line (before PII scrubbing) so an operator can see exactly what was rejected and
 why; whole unreadable objects and bad feedback events are listed beside them. Because those records may hold PII and
 secrets a user pasted, the folder is owner-only (0700) and every file in it owner-only (0600), whatever the umask.
-Nothing downstream of validate reads it.
+Nothing downstream of validate reads it. Observe's raw snapshots (``<state>/raw/``, validate's input) are kept
+owner-only the same way.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 DIR_MODE, FILE_MODE = 0o700, 0o600
 
 
-def _private_folder(path: Path) -> Path:
+def private_folder(path: Path) -> Path:
+    """``path`` created (or tightened) to owner-only (0700)."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     os.chmod(path, DIR_MODE)  # mkdir's mode is reduced by the umask, and an existing folder keeps its own
     return path
@@ -21,7 +23,13 @@ def _private_folder(path: Path) -> Path:
 
 def quarantine_dir(state_dir: str | Path) -> Path:
     """``<state>/quarantine``, created (or tightened) to owner-only."""
-    return _private_folder(Path(state_dir) / "quarantine")
+    return private_folder(Path(state_dir) / "quarantine")
+
+
+def raw_dir(state_dir: str | Path) -> Path:
+    """``<state>/raw``, owner-only: observe's raw snapshots (every row as read, before validation and PII scrubbing;
+    validate's input, kept so a rerun of the night can validate again)."""
+    return private_folder(Path(state_dir) / "raw")
 
 
 def open_private(path: str | Path):
@@ -34,7 +42,7 @@ def open_private(path: str | Path):
 def write_private(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a quarantine file atomically (a 0600 temp file renamed over ``path``, its folder 0700)."""
     path = Path(path)
-    _private_folder(path.parent)
+    private_folder(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open_private(tmp) as fh:
         fh.write(data)

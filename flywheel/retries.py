@@ -7,6 +7,8 @@ def is_transient_io(exc: BaseException) -> bool:
     """Network, disk and cloud-SDK errors that a later attempt may not hit (a missing file or a denied one will)."""
     import httpx
 
+    if isinstance(getattr(exc, "transient", None), bool):  # the error knows (flywheel.sources.SourceError, JudgeError)
+        return exc.transient
     if isinstance(exc, (httpx.TransportError, TimeoutError)):
         return True
     if isinstance(exc, OSError):  # ConnectionError is an OSError

@@ -4,10 +4,13 @@
   other keys are counted as ignored.
 - Incremental: a manifest in ``<state>/manifest/`` remembers every processed object (key + ETag, or size/mtime for
   local files). A rerun reads nothing twice; a new or rewritten object in an old partition is read.
-- Unreadable objects (truncated or bad gzip, bad Parquet, persistent I/O errors) and objects whose key could name a
-  path outside the source (``..``, absolute, a symlink out of the folder: never read) are quarantined whole in
-  ``<state>/quarantine/objects-<hash>.jsonl``, never skipped silently. An empty object (no non-blank line) is read
-  with 0 rows: its manifest entry says ``"status": "empty"`` and the message counts it.
+- Unreadable objects (truncated or bad gzip, bad Parquet) and objects whose key could name a path outside the
+  source (``..``, absolute, a symlink out of the folder: never read) are quarantined whole in
+  ``<state>/quarantine/objects-<hash>.jsonl``, never skipped silently. An object the source does not deliver
+  (``SourceError``: denied, gone, or a transient S3 error on every retry) fails the stage, naming it; the manifest is
+  untouched, so the next run reads it. An object rewritten after listing is read as its new version, under its ETag.
+  An empty object (no non-blank line) is read with 0 rows: its manifest entry says ``"status": "empty"`` and the
+  message counts it.
 - Parsing (``flywheel.logparse``): every line becomes one snapshot row; lines that are not a JSON object keep
   their raw text and a reason in ``_errors`` so validate quarantines them before Great Expectations.
 - Delayed feedback (``flywheel.feedback``): the events under ``<source>/_feedback/dt=.../`` (the gateway's
@@ -40,10 +43,18 @@ from flywheel.config.data import SourceConfig
 from flywheel.feedback import FeedbackObservation, observe_feedback
 from flywheel.logformats import UnreadableObject
 from flywheel.logparse import RAW_SCHEMA, parse_object
-from flywheel.quarantine import write_private
+from flywheel.quarantine import FILE_MODE, raw_dir, write_private
 from flywheel.records import Observation
 from flywheel.retries import retry_on_transient_io
-from flywheel.sources import LogSource, ObjectRef, log_partition, open_source, read_and_parse, unsafe_key
+from flywheel.sources import (
+    LogSource,
+    ObjectRef,
+    log_partition,
+    open_source,
+    read_and_parse,
+    unreadable_reason,
+    unsafe_key,
+)
 
 # Parquet dictionary encoding only where values repeat: trying it on messages/completions costs time, saves nothing.
 DICTIONARY_COLUMNS = ["dt", "task", "model_version", "source_object", "_errors", "_roles"]
@@ -133,9 +144,9 @@ def _new_objects(refs: list[ObjectRef], processed: dict[str, dict]) -> _NewObjec
     return _NewObjects(wanted, skipped, ignored, unsafe)
 
 
-def _read_and_hash(reader: LogSource, ref: ObjectRef) -> tuple[bytes, str]:
-    data = reader.read(ref)
-    return data, hashlib.sha256(data).hexdigest()
+def _read_and_hash(reader: LogSource, ref: ObjectRef) -> tuple[bytes, str, ObjectRef]:
+    data, ref = reader.read_latest(ref)
+    return data, hashlib.sha256(data).hexdigest(), ref
 
 
 def _executor(source: SourceConfig, wanted: list[tuple[ObjectRef, str]]) -> tuple[cf.Executor, bool]:
@@ -150,26 +161,40 @@ def _executor(source: SourceConfig, wanted: list[tuple[ObjectRef, str]]) -> tupl
     return cf.ThreadPoolExecutor(max_workers=source.max_workers), False
 
 
+def _parse(ref: ObjectRef, data: bytes, dt: str) -> tuple[pa.Table | None, str | None]:
+    try:
+        return parse_object(ref.key, data, dt), None
+    except Exception as e:  # noqa: BLE001 - whatever breaks decoding quarantines the object
+        return None, unreadable_reason(e)
+
+
 def _parsed(future: cf.Future, ref: ObjectRef, dt: str, in_processes: bool, tally: _ReadTally) -> pa.Table | None:
-    """The rows of one fetched object; None (and a quarantine record) when it cannot be read or decoded."""
-    entry = {"etag": ref.etag, "size": ref.size, "dt": dt}
+    """The rows of one fetched object; None (and a quarantine record) when its bytes cannot be decoded.
+
+    The manifest entry names the version read (``read_latest``: newer than the listed one when the object was
+    rewritten meanwhile). A ``flywheel.sources.SourceError`` (the object not delivered) propagates: the stage fails.
+    """
     try:
         if in_processes:
-            table, digest, size, parse_seconds = future.result()
-            tally.bytes_read += size
+            parsed = future.result()
+            table, digest, ref, error = parsed.table, parsed.digest, parsed.ref, parsed.error
+            tally.bytes_read += parsed.size
+            parse_seconds = parsed.parse_seconds
         else:
-            data, digest = future.result()
+            data, digest, ref = future.result()
             tally.bytes_read += len(data)
             start = time.perf_counter()
-            table = parse_object(ref.key, data, dt)
+            table, error = _parse(ref, data, dt)
             parse_seconds = time.perf_counter() - start
     except BrokenProcessPool as e:
         raise RuntimeError(f"observe: a parse worker process died while reading {ref.key} (out of memory?); "
                            "rerun with source.parse_workers: 1") from e
-    except Exception as e:  # noqa: BLE001 - whatever breaks reading or decoding quarantines the object
-        why = str(e) if isinstance(e, UnreadableObject) else f"{type(e).__name__}: {e}"
-        tally.quarantine(ref, dt, f"unreadable_object: {why[:300]}")
+    except UnreadableObject as e:  # an unsafe key, refused by the source
+        table, error = None, unreadable_reason(e)
+    if table is None:
+        tally.quarantine(ref, dt, f"unreadable_object: {error[:300]}")
         return None
+    entry = {"etag": ref.etag, "size": ref.size, "dt": dt}
     tally.parse_seconds += parse_seconds
     tally.digests[ref.key] = digest
     tally.empty += table.num_rows == 0
@@ -248,7 +273,8 @@ def _write_side_files(state: Path, tag: str, tally: _ReadTally) -> tuple[Path | 
 
 
 def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, progress: bool = False) -> Observation:
-    """Read every object of ``source`` not yet in the manifest into ``<state>/snapshots/<hash>.raw.parquet``."""
+    """Read every object of ``source`` not yet in the manifest into ``<state>/raw/<hash>.raw.parquet`` (owner-only:
+    raw rows hold PII until validate scrubs them)."""
     state = Path(state_dir)
     start = time.perf_counter()
     feedback = observe_feedback(source, state)  # delayed feedback, folded every night (flywheel.feedback)
@@ -264,8 +290,7 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
                            message=f"no new data in {source.uri}: {new.skipped} objects already processed, "
                                    f"{new.ignored} ignored" + _feedback_note(feedback))
 
-    snapshots = state / "snapshots"
-    snapshots.mkdir(parents=True, exist_ok=True)
+    snapshots = raw_dir(state)
     partial = snapshots / f".observe-{os.getpid()}-{time.time_ns()}.parquet"
     try:
         tally, loop_seconds, in_processes = _read_objects(source, reader, new.wanted, partial, progress)
@@ -277,6 +302,7 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
     content_hash = _content_hash(tally.digests)
     tag = content_hash[:16]
     snapshot = snapshots / f"{tag}.raw.parquet"
+    os.chmod(partial, FILE_MODE)
     os.replace(partial, snapshot)
     seconds.update(_phase_seconds(tally, loop_seconds, in_processes))
     object_quarantine, pending = _write_side_files(state, tag, tally)

@@ -236,8 +236,16 @@ def _quarantine_lines(batch: pa.RecordBatch, rows: np.ndarray, reasons: dict[int
             shown = examples.setdefault(reason, [])
             if len(shown) < EXAMPLES_PER_CHECK:
                 shown.append({"source_object": record["source_object"], "source_line": record["source_line"],
-                              "request_id": record["request_id"], "raw": raw[:300]})
+                              "request_id": record["request_id"], "raw": raw})  # cut in _report_examples
     return b"".join(lines)
+
+
+def _report_examples(examples: dict[str, list[dict]], cfg: ValidateConfig) -> dict[str, list[dict]]:
+    """The report's examples: each raw line PII-scrubbed (as the clean rows are) before it is cut to 300 characters,
+    so the report (an output that leaves the stage) holds no PII; the quarantine keeps the raw line."""
+    if cfg.pii.enabled:
+        examples = pii.scrub_json(examples, cfg.pii.extra_patterns)
+    return {reason: [{**e, "raw": e["raw"][:300]} for e in shown] for reason, shown in examples.items()}
 
 
 @dataclass
@@ -375,7 +383,7 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
         pii=split.pii, gates=gates, passed=all(g.passed for g in gates),
         seconds={phase: round(s, 3) for phase, s in seconds.items()},
     )
-    write_report(validation, split.examples, snapshot_uri)
+    write_report(validation, _report_examples(split.examples, cfg), snapshot_uri)
     if not validation.passed:
         raise GateFailed("validate: batch gate failed: " + "; ".join(g.message for g in gates if not g.passed),
                          validation)

@@ -26,7 +26,10 @@ class SourceConfig(_Strict):
                                "when a batch is big (see parallel_min_bytes); 1 = parse in the main process.")
     parallel_min_bytes: int = Field(64 << 20, ge=0, description="Batches smaller than this (bytes listed) are "
                                     "parsed in the main process: starting worker processes costs about a second.")
-    retries: int = Field(5, ge=0, le=20, description="Retries with exponential backoff on transient S3 errors.")
+    retries: int = Field(5, ge=0, le=20, description="Retries of each S3 request on a transient error (5xx, "
+                         "throttling, connection reset, timeout, truncated body), with exponential backoff.")
+    retry_base_seconds: float = Field(0.2, gt=0, le=60, description="Backoff before the first retry; doubled "
+                                      "each retry (jittered, at most 10 s).")
     list_page_size: int = Field(1000, ge=1, le=1000, description="Keys per S3 ListObjectsV2 page.")
 
     @field_validator("uri")

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from demo.support_triage import load_defects
 from flywheel.config.data import S3Config, SourceConfig
-from flywheel.sources import with_backoff
+from flywheel.sources import SourceError, with_backoff
 from tasks.observe import commit_manifest, manifest_path, observe
 from tasks.validate import validate
 
@@ -55,8 +55,9 @@ def test_s3_source_end_to_end(moto_endpoint, aws_env, demo_logs, state_dir):
 
 def test_missing_bucket_is_a_clear_error(moto_endpoint, aws_env, state_dir):
     source = SourceConfig(uri="s3://no-such-bucket/x", s3=S3Config(endpoint_url=moto_endpoint), retries=0)
-    with pytest.raises(ClientError, match="NoSuchBucket"):
+    with pytest.raises(SourceError, match=r"s3://no-such-bucket/x/.*NoSuchBucket") as raised:
         observe(source, state_dir)
+    assert raised.value.transient is False  # Prefect does not retry it
 
 
 def test_backoff_retries_transient_errors_only():

@@ -209,7 +209,8 @@ def fingerprint(state: Path, day: str) -> dict:
         "pending": sorted(p.name for p in (state / "manifest").glob("pending-*")),
         # raw and clean snapshots are named by content; a scored one by the reward spec, which names the reward
         # model's folder (timestamped): compare those by rows
-        "snapshots": {k: v for k, v in _files(state / "snapshots").items() if ".scored-" not in k},
+        "snapshots": {**_files(state / "raw"),
+                      **{k: v for k, v in _files(state / "snapshots").items() if ".scored-" not in k}},
         "scored_rows": sorted(pq.read_metadata(p).num_rows for p in (state / "snapshots").glob("*.scored-*")),
         "ids": _files(state / "ids"),
         "quarantine": _files(state / "quarantine"),

@@ -301,28 +301,19 @@ def test_a_failing_stage_names_the_fault_not_the_secret(night):
 
 
 def _pii_skip(night: Night):
-    inputs = (night.root / "generated", night.state / "quarantine")
+    """The inputs and the two private folders that keep raw rows on purpose (owner-only, checked below)."""
+    inputs = (night.root / "generated", night.state / "quarantine", night.state / "raw")
     return lambda p: any(p.is_relative_to(folder) for folder in inputs)
-
-
-# Raw rows written outside the quarantine by code this module does not own (issue #13, reported to the lead):
-# the raw snapshot observe writes (validate's input) stays in <state>/snapshots/, and the validation report quotes
-# the first 300 characters of a few quarantined rows' raw lines as examples.
-KNOWN_RAW_COPIES = ("snapshots/*.raw.parquet", "reports/validation-*.json", "reports/validation-*.html")
-
-
-def _known(night: Night, path: str) -> bool:
-    rel = Path(path).relative_to(night.state) if Path(path).is_relative_to(night.state) else None
-    return rel is not None and any(rel.match(pattern) for pattern in KNOWN_RAW_COPIES)
 
 
 @pytest.mark.slow
 def test_no_pii_in_any_output_after_validate(night):
     """Clean and scored snapshots, the reward model's and the policy's data, evaluation reports and responses,
     MLflow params, tags and artifacts, Prefect's database (logs, artifacts), every command's output: no PII value
-    (nor a half-scrubbed piece of one); the quarantine only keeps them (and the copies listed in KNOWN_RAW_COPIES)."""
+    (nor a half-scrubbed piece of one), validation reports included; only the quarantine and the raw snapshots keep
+    them."""
     found, scanned = search([night.root], PII_NEEDLES, skip=_pii_skip(night))
-    leaks = {f: n for f, n in found.items() if not _known(night, f)}
+    leaks = dict(found)
     assert scanned > 80
     clean = list(night.state.glob("snapshots/*.clean.parquet"))
     scored = list(night.state.glob("snapshots/*.scored-*.parquet"))
@@ -351,12 +342,18 @@ def test_pii_was_scrubbed_not_dropped_and_the_quarantine_keeps_it_raw(night):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="raw rows outside the quarantine: <state>/snapshots/<tag>.raw.parquet "
-                                       "(tasks/observe.py) and validation report examples (tasks/validate.py "
-                                       "_quarantine_lines -> flywheel/validation_report.py); see issue #13")
-def test_raw_rows_live_in_the_quarantine_only(night):
+def test_raw_rows_live_in_owner_only_folders_only(night):
+    """Raw rows (PII included) are in ``<state>/quarantine/`` and ``<state>/raw/`` only, both folders 0700 and every
+    file 0600; elsewhere in the state folder no PII value is found."""
     found, _ = search([night.state], PII_NEEDLES, skip=_pii_skip(night))
     assert not found, sorted(found)
+    raw = list((night.state / "raw").glob("*.raw.parquet"))
+    assert len(raw) == 2, raw  # one per night
+    assert search([night.state / "raw"], PII_NEEDLES)[0], "the raw snapshots keep the rows as read"
+    for folder in ("quarantine", "raw"):
+        assert (night.state / folder).stat().st_mode & 0o777 == 0o700, folder
+        for p in (night.state / folder).iterdir():
+            assert p.stat().st_mode & 0o077 == 0, p
 
 
 # ---------------------------------------------------------------------------------------------------- fast
