@@ -217,7 +217,8 @@ class SmokeResult(BaseModel):
 
 
 class Deployment(BaseModel):
-    """Outcome of the deploy stage: deployed | rolled_back | skipped (no server running, or nothing new)."""
+    """Outcome of the deploy stage: deployed | rolled_back (the load or the smoke test failed; the previous weights
+    answer) | failed (the server stopped answering mid-deploy) | skipped (no server running, or nothing new)."""
 
     status: str
     endpoint: str

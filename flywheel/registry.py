@@ -1,13 +1,18 @@
 """The model registry: one registered model per use case in MLflow, its aliases, lineage tags and adapters.
 
 Aliases, never stages:
-- ``challenger``: the newest registered candidate (set on registration, whatever the decision); with
+- ``challenger``: the newest registered candidate (whatever the decision, unless its artifacts are incomplete); with
   ``release_mode="canary"`` only a candidate that passed, which then stays out of ``champion`` (decision ``canary``)
   until the gateway's monitor promotes or rolls it back (``flywheel/gateway/monitor.py``);
 - ``champion``: moved only when every gate passed, the champion has not changed since the candidate was evaluated,
   and every artifact (adapter, evaluation report) is written and listed;
 - ``previous``: the champion that was replaced. Invariant: ``previous`` == the champion's ``parent_champion_version``
   tag, so ``rollback`` walks back through history one release at a time.
+
+Crash-safe: a version is registered with ``decision=pending`` only after its artifacts are uploaded and checked
+(names and sizes; digests in the ``adapter_files`` tag, verified by ``fetch_adapter``), and the aliases move last
+(``promoting`` until both moved). An MLflow server or process lost midway leaves no alias on an unfinished version;
+the next promotion or rollback finishes (``promoted``) or abandons it (``abandoned``) first: ``recover_interrupted``.
 
 One promotion (or rollback) at a time: a ``filelock`` under ``<state>/locks/`` held across processes. With a shared
 MLflow server and several machines the state dir must be shared (or run promotions from one place).
@@ -20,14 +25,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 # re-exported: the registry's public names
-from flywheel.mlflow_store import artifact_location, client_for, code_revision, ensure_experiment, tracking_uri  # noqa: F401
+from flywheel.config import redact_userinfo
+from flywheel.mlflow_store import (  # noqa: F401
+    ArtifactMismatch,
+    PromotionError,
+    RegistryUnavailable,
+    alias_version,
+    artifact_location,
+    client_for,
+    code_revision,
+    ensure_experiment,
+    ensure_registered_model,
+    failing_step,
+    fetch_adapter,
+    file_digests,
+    log_release_artifacts,
+    now_ms,
+    registry_lock,
+    tracking_uri,
+)
 from flywheel.records import NONE, Lineage, Release, version_tag
 
 if TYPE_CHECKING:
@@ -35,89 +58,8 @@ if TYPE_CHECKING:
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 _TAG_MAX = 4900  # MLflow model-version tag values are capped at 5000 characters
-
-
-class PromotionError(RuntimeError):
-    pass
-
-
-@contextmanager
-def registry_lock(state_dir: str | Path, model_name: str, timeout_s: float = 600.0):
-    """Cross-process lock serialising promotions and rollbacks of one registered model."""
-    from filelock import FileLock, Timeout
-
-    path = Path(state_dir) / "locks" / f"registry-{model_name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path), timeout=timeout_s)
-    try:
-        with lock:
-            yield
-    except Timeout:
-        raise PromotionError(f"registry lock {path} still held after {timeout_s:.0f} s "
-                             "(another promotion running?)") from None
-
-
-def alias_version(client, name: str, alias: str) -> int | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
-def ensure_registered_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        try:
-            client.create_registered_model(
-                name, description="rl-flywheel LoRA adapters; aliases champion/challenger/previous")
-        except MlflowException as e:  # created by a racing process meanwhile
-            if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
-                raise
-
-
-def fetch_adapter(tracking_uri: str, name: str, ref: str | int, dst: str | Path) -> tuple[int, Path]:
-    """Download the adapter of ``name@alias`` (or a version number) to ``dst``; returns (version, local folder)."""
-    import mlflow
-
-    client = client_for(tracking_uri)
-    if isinstance(ref, int):
-        mv = client.get_model_version(name, str(ref))
-    else:
-        mv = client.get_model_version_by_alias(name, ref)
-    out = Path(dst)
-    out.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(out), tracking_uri=tracking_uri)
-    return int(mv.version), Path(local)
-
-
-def _artifacts_written(client, run_id: str, needed: dict[str, list[str]]) -> list[str]:
-    """Names in ``needed`` ({folder: [file, ...]}) that are NOT listed in the run's artifacts."""
-    missing = []
-    for folder, files in needed.items():
-        listed = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
-        missing += [f"{folder}/{f}" for f in files if f not in listed]
-    return missing
-
-
-def _log_artifacts(client, run_id: str, adapter_dir: Path, report_files: list[str | Path],
-                   expect_logged: list[str]) -> list[str]:
-    """Log the adapter (``adapter/``) and reports (``evaluation/``) in the run; returns what is still not listed."""
-    client.log_artifacts(run_id, str(adapter_dir), "adapter")
-    for f in report_files:
-        client.log_artifact(run_id, str(f), "evaluation")
-    weights = [p.name for p in adapter_dir.iterdir() if p.suffix in (".safetensors", ".bin")]
-    needed = {"adapter": ["adapter_config.json", *weights]}
-    if report_files:
-        needed["evaluation"] = [Path(f).name for f in report_files]
-    for rel in expect_logged:
-        folder, _, fname = rel.rpartition("/")
-        needed.setdefault(folder or None, []).append(fname)
-    return _artifacts_written(client, run_id, needed)
+UNFINISHED = ("pending", "promoting")  # decision tags of a promotion that has not finished
+log = logging.getLogger(__name__)
 
 
 def _decide(passed: bool, reason: str, evaluated_champion: int | None, champion: int | None, missing: list[str],
@@ -133,30 +75,77 @@ def _decide(passed: bool, reason: str, evaluated_champion: int | None, champion:
     return "promoted", reason
 
 
-def _now_ms() -> str:
-    """UTC now as ``2026-11-25T14:03:22.123Z`` (the gateway's decision timestamps, so they sort together)."""
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _release_to_canary(client, name: str, version: int, champion: int, reason: str) -> str:
+def _release_to_canary(client, name: str, version: int, champion: int) -> None:
     """``challenger`` <- ``version`` (the champion stays); a challenger still in its canary is superseded."""
     old = alias_version(client, name, CHALLENGER)
     if old is not None and old not in (version, champion):
         client.set_model_version_tag(name, str(old), "canary_decision", "superseded")
         client.set_model_version_tag(name, str(old), "canary_reason", f"superseded by v{version} before a decision")
-        client.set_model_version_tag(name, str(old), "canary_at", _now_ms())
+        client.set_model_version_tag(name, str(old), "canary_at", now_ms())
     client.set_registered_model_alias(name, CHALLENGER, str(version))
-    return (f"released to canary: v{version} is challenger, champion v{champion} stays; the gateway's monitor "
-            f"promotes or rolls it back on live KPIs ({reason})")
 
 
 def _set_alias_order(client, name: str, version: int, parent: int | None) -> None:
-    """``previous`` first, then ``champion``: a crash in between leaves previous == champion, never a lost release."""
+    """``previous`` first, then ``champion``: a crash in between leaves previous == champion, never a lost release
+    (``recover_interrupted`` puts ``previous`` back)."""
     if parent is not None:
         client.set_registered_model_alias(name, PREVIOUS, str(parent))
     client.set_registered_model_alias(name, CHAMPION, str(version))
+
+
+def recover_interrupted(client, name: str) -> list[str]:
+    """Finish or abandon what a promotion or rollback stopped midway (server or process killed) left; under the lock.
+
+    A version still ``pending``/``promoting`` (its promotion never finished, as promotions hold the lock) is
+    ``promoted`` if it is the champion already, else ``abandoned`` and loses any alias; ``previous`` == ``champion``
+    (stopped between the two alias moves) is put back to the champion's parent. Returns what it did (also logged).
+    """
+    notes = []
+    champ = alias_version(client, name, CHAMPION)
+    for mv in client.search_model_versions(f"name='{name}'"):
+        was = mv.tags.get("decision")
+        if was not in UNFINISHED:
+            continue
+        if int(mv.version) == champ:  # stopped after the champion moved: finish (challenger last, as promote does)
+            client.set_registered_model_alias(name, CHALLENGER, mv.version)
+            client.set_model_version_tag(name, mv.version, "decision", "promoted")
+            notes.append(f"v{mv.version} was champion already: decision '{was}' completed as 'promoted'")
+            continue
+        for alias in (CHALLENGER, PREVIOUS):
+            if alias_version(client, name, alias) == int(mv.version):
+                client.delete_registered_model_alias(name, alias)
+        client.set_model_version_tag(name, mv.version, "decision", "abandoned")
+        client.set_model_version_tag(name, mv.version, "decision_reason",
+                                     f"its promotion stopped midway (decision was '{was}'); abandoned by the next "
+                                     f"promotion or rollback at {now_ms()}, never aliased")
+        notes.append(f"v{mv.version}: promotion stopped midway ('{was}'): abandoned, no alias")
+    if champ is not None and alias_version(client, name, PREVIOUS) == champ:
+        grand = client.get_model_version(name, str(champ)).tags.get("parent_champion_version", NONE)
+        if grand in ("", NONE):
+            client.delete_registered_model_alias(name, PREVIOUS)
+        else:
+            client.set_registered_model_alias(name, PREVIOUS, grand)
+        notes.append(f"'previous' named the champion v{champ}: put back to its parent ({grand})")
+    for note in notes:
+        log.warning("registry %s: %s", name, note)
+    return notes
+
+
+def _registered_before(client, name: str, run_id: str | None, files: str, notes: list[str]) -> Release | None:
+    """The Release of the version this very promotion (same evaluation run, same adapter files) registered and
+    decided already: a retry after its result was lost, or after MLflow failed once the aliases had moved."""
+    for mv in client.search_model_versions(f"name='{name}'") if run_id else ():
+        decision = mv.tags.get("decision")
+        if mv.run_id != run_id or decision in (*UNFINISHED, "abandoned") or mv.tags.get("adapter_files") != files:
+            continue
+        done = f"; first recovered: {'; '.join(notes)}" if notes else ""
+        return Release(model_name=name, version=int(mv.version), decision=decision,
+                       reason=f"{mv.tags.get('decision_reason', '')} (v{mv.version} was registered and decided by an "
+                              f"earlier attempt of this promotion: not registered again{done})",
+                       champion_version=alias_version(client, name, CHAMPION),
+                       previous_version=alias_version(client, name, PREVIOUS), source=mv.source, run_id=mv.run_id,
+                       lineage=Lineage(**{k: mv.tags[k] for k in Lineage.model_fields if k in mv.tags}))
+    return None
 
 
 def promote(
@@ -184,6 +173,7 @@ def promote(
     gets no alias; with no champion yet it is promoted (a canary needs a champion to compare with).
     ``report_files`` are logged under ``evaluation/``; ``expect_logged`` names artifacts already in ``run_id``
     (e.g. ``evaluation/report.json`` logged by the evaluate stage) that must exist before ``champion`` moves.
+    A version whose artifacts are not all there whole gets no alias. MLflow failing midway: ``RegistryUnavailable``.
     """
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -193,34 +183,49 @@ def promote(
     lineage = lineage or Lineage()
     if lineage.code_revision in ("", NONE):
         lineage = lineage.model_copy(update={"code_revision": code_revision()})
-    client = client_for(tracking_uri)
-    with registry_lock(state_dir, model_name, lock_timeout_s):
+    client, digests = client_for(tracking_uri), file_digests(adapter_dir)
+    with registry_lock(state_dir, model_name, lock_timeout_s), \
+            failing_step(tracking_uri, model_name, "promotion") as step:
         ensure_registered_model(client, model_name)
+        recovered = recover_interrupted(client, model_name)
+        done = _registered_before(client, model_name, run_id, json.dumps(digests), recovered)
+        if done is not None:  # a retry of a promotion that got as far as deciding: never a second version
+            return done
         parent = alias_version(client, model_name, CHAMPION)
         # the parent is the champion read under the lock, whatever the caller's lineage said
         lineage = lineage.model_copy(update={"parent_champion_version": version_tag(parent)})
-        # 1. write every artifact: adapter + evaluation report, in the evaluation run (or a new one)
+        step("uploading the adapter and reports")  # 1. every artifact, in the evaluation run (or a new one)
         if run_id is None:
             run_id = client.create_run(experiment_id, run_name=f"promote-{adapter_dir.name}").info.run_id
-        missing = _log_artifacts(client, run_id, adapter_dir, list(report_files), list(expect_logged))
-        # 2. register, lineage as tags
+        missing = log_release_artifacts(client, run_id, adapter_dir, digests, list(report_files), list(expect_logged))
+        step("registering the version")  # 2. register, lineage as tags, decision "pending" until decided
+        files = json.dumps(digests)
         tags = {**lineage.tags(), "evaluated_against": version_tag(evaluated_champion),
-                "eval_summary": json.dumps(summary or {}, default=str)[:_TAG_MAX], "decision": "pending"}
+                "eval_summary": json.dumps(summary or {}, default=str)[:_TAG_MAX], "decision": "pending",
+                **({"adapter_files": files} if len(files) <= _TAG_MAX else {})}
         source = f"{client.get_run(run_id).info.artifact_uri}/adapter"
-        mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
-        version = int(mv.version)
+        version = int(client.create_model_version(model_name, source=source, run_id=run_id, tags=tags).version)
+        step(f"deciding v{version}")  # 3. decide and tag; the aliases last, never on a pending version
         canary = release_mode == "canary" and parent is not None
-        if not canary:
-            client.set_registered_model_alias(model_name, CHALLENGER, str(version))
-        # 3. decide
         decision, why = _decide(passed, reason, evaluated_champion, parent, missing, require_fresh_evaluation)
         if canary and decision == "promoted":
-            decision, why = "canary", _release_to_canary(client, model_name, version, parent, why)
-        client.set_model_version_tag(model_name, str(version), "decision", decision)
+            decision, why = "canary", (f"released to canary: v{version} is challenger, champion v{parent} stays; "
+                                       f"the gateway's monitor promotes or rolls it back on live KPIs ({why})")
+        tag = "promoting" if decision == "promoted" else decision  # "promoted" once both aliases moved
         client.set_model_version_tag(model_name, str(version), "decision_reason", why[:_TAG_MAX])
+        client.set_model_version_tag(model_name, str(version), "decision", tag)
         client.set_tag(run_id, "release.decision", decision)
-        if decision == "promoted":
+        step(f"moving the aliases to v{version}")
+        if decision == "canary":
+            _release_to_canary(client, model_name, version, parent)
+        elif decision == "promoted":  # no alias before champion: a crash before it leaves the version unaliased
             _set_alias_order(client, model_name, version, parent)
+            client.set_registered_model_alias(model_name, CHALLENGER, str(version))
+            client.set_model_version_tag(model_name, str(version), "decision", decision)
+        elif not canary and not missing:
+            client.set_registered_model_alias(model_name, CHALLENGER, str(version))
+        step("reading the aliases back")
+        why = why + (f" (first recovered: {'; '.join(recovered)})" if recovered else "")
         return Release(model_name=model_name, version=version, decision=decision, reason=why,
                        champion_version=alias_version(client, model_name, CHAMPION),
                        previous_version=alias_version(client, model_name, PREVIOUS), source=source, run_id=run_id,
@@ -231,7 +236,8 @@ def rollback(*, tracking_uri: str, model_name: str, state_dir: str | Path, reaso
              expected_champion: int | None = None, lock_timeout_s: float = 600.0) -> Release:
     """Make ``previous`` the champion again; ``previous`` then points at its own parent (or is removed)."""
     client = client_for(tracking_uri)
-    with registry_lock(state_dir, model_name, lock_timeout_s):
+    with registry_lock(state_dir, model_name, lock_timeout_s), failing_step(tracking_uri, model_name, "rollback"):
+        recover_interrupted(client, model_name)
         champ = alias_version(client, model_name, CHAMPION)
         prev = alias_version(client, model_name, PREVIOUS)
         if expected_champion is not None and champ != expected_champion:
@@ -264,7 +270,7 @@ def withdraw_challenger(*, tracking_uri: str, model_name: str, state_dir: str | 
         client.delete_registered_model_alias(model_name, CHALLENGER)
         client.set_model_version_tag(model_name, str(version), "canary_decision", "rolled_back")
         client.set_model_version_tag(model_name, str(version), "canary_reason", reason[:_TAG_MAX])
-        client.set_model_version_tag(model_name, str(version), "canary_at", _now_ms())
+        client.set_model_version_tag(model_name, str(version), "canary_at", now_ms())
     return True
 
 
@@ -277,7 +283,8 @@ def registry_state(tracking_uri: str, model_name: str) -> dict:
         "versions": {int(v.version): {"decision": v.tags.get("decision"),
                                       "parent": v.tags.get("parent_champion_version"),
                                       "rolled_back": v.tags.get("rolled_back"),
-                                      "canary": v.tags.get("canary_decision")} for v in versions},
+                                      "canary": v.tags.get("canary_decision"),
+                                      "deploy": v.tags.get("deploy_status")} for v in versions},
     }
 
 
@@ -354,7 +361,8 @@ class Registry:
     def require_champion(self) -> Champion:
         champ = self.champion()
         if champ is None:
-            raise ValueError(f"registry {self.model_name!r} at {self.tracking_uri} has no champion yet: "
+            where = redact_userinfo(self.tracking_uri)
+            raise ValueError(f"registry {self.model_name!r} at {where} has no champion yet: "
                              "run the flow or `flywheel promote` first")
         return champ
 
@@ -379,6 +387,12 @@ class Registry:
                        evaluated_champion=evaluated_champion, summary=summary, report_files=report_files,
                        lineage=lineage, run_id=run_id, expect_logged=expect_logged, lock_timeout_s=self.lock_timeout_s,
                        require_fresh_evaluation=fresh, release_mode=release_mode or self.release_mode)
+
+    def note_deployment(self, version: int, status: str, reason: str) -> None:
+        """Record on ``version`` what the deploy stage did with it (``deploy_status``: deployed | rolled_back |
+        failed | skipped, ``deploy_reason``, ``deploy_at``), so the registry says what serves and what never did."""
+        for key, value in (("deploy_status", status), ("deploy_reason", reason), ("deploy_at", now_ms())):
+            self.client.set_model_version_tag(self.model_name, str(version), key, value[:_TAG_MAX])
 
     def withdraw_challenger(self, version: int, reason: str) -> bool:
         return withdraw_challenger(tracking_uri=self.tracking_uri, model_name=self.model_name,

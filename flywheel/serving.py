@@ -163,6 +163,10 @@ def server_url(cfg: FlywheelConfig, info: ServerInfo | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- adapters
+class AdapterRefused(RuntimeError):
+    """The server answered a load or unload request with an error (the adapter is not served under that name)."""
+
+
 def load_adapter(url: str, name: str, path: str | Path, inplace: bool = False) -> None:
     """Load (or with ``inplace`` reload) the LoRA folder ``path`` under the served name ``name``."""
     body = {"lora_name": name, "lora_path": str(Path(path).resolve())}
@@ -170,13 +174,48 @@ def load_adapter(url: str, name: str, path: str | Path, inplace: bool = False) -
         body["load_inplace"] = True
     r = httpx.post(f"{url}/v1/load_lora_adapter", json=body, timeout=120)
     if r.status_code != 200:
-        raise RuntimeError(f"load_lora_adapter {name} from {path}: HTTP {r.status_code}: {r.text[:500]}")
+        raise AdapterRefused(f"load_lora_adapter {name} from {path}: HTTP {r.status_code}: {r.text[:500]}")
+
+
+def adapter_misfits(adapter_dir: str | Path, base_dir: str | Path) -> list[str]:
+    """LoRA weights of ``adapter_dir`` whose shapes or layers do not fit the base in ``base_dir`` (a Llama-style
+    ``config.json``): vLLM pads a smaller adapter into its buffers without a word, so another base's adapter loads
+    and answers garbage. [] when they fit, or when either side cannot be read here (vLLM then decides)."""
+    import json
+    import re
+    import struct
+
+    config, weights = Path(base_dir) / "config.json", Path(adapter_dir) / "adapter_model.safetensors"
+    try:
+        c = json.loads(config.read_text())
+        with open(weights, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n)) if n < 100_000_000 else {}
+        hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return []
+    kv, inter = int(c.get("num_key_value_heads") or heads), int(c.get("intermediate_size") or 0)
+    hd = int(c.get("head_dim") or hidden // heads)
+    dims = {"q_proj": (hidden, heads * hd), "k_proj": (hidden, kv * hd), "v_proj": (hidden, kv * hd),
+            "o_proj": (heads * hd, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
+            "down_proj": (inter, hidden)}
+    misfits = []
+    for key, meta in header.items():
+        m = re.search(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])\b", key)
+        if not m or m[2] not in dims or not isinstance(meta, dict) or len(meta.get("shape", ())) != 2:
+            continue
+        fan_in, fan_out = dims[m[2]]
+        got, want = (meta["shape"][1], fan_in) if m[3] == "A" else (meta["shape"][0], fan_out)
+        if got != want or int(m[1]) >= int(c.get("num_hidden_layers", 1 << 30)):
+            misfits.append(f"{key} {meta['shape']} (the base's {m[2]} is {fan_in} -> {fan_out}, "
+                           f"{c.get('num_hidden_layers')} layers)")
+    return misfits
 
 
 def unload_adapter(url: str, name: str) -> None:
     r = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
     if r.status_code != 200:
-        raise RuntimeError(f"unload_lora_adapter {name}: HTTP {r.status_code}: {r.text[:500]}")
+        raise AdapterRefused(f"unload_lora_adapter {name}: HTTP {r.status_code}: {r.text[:500]}")
 
 
 def served_models(url: str) -> list[str]:
@@ -228,6 +267,8 @@ def serve_champion(cfg: FlywheelConfig, port: int | None = None) -> ServerInfo:
                         port)
     info.champion_version = version
     write_server_info(info, cfg.state)
+    registry.note_deployment(version, "deployed", f"served as '{cfg.serve.adapter_name}' by `flywheel serve` at "
+                                                  f"{info.url} (pid {info.pid})")
     return info
 
 

@@ -1,10 +1,15 @@
 """Deploy stage: hot-load the registry's champion into the running vLLM server, smoke-test it, keep or roll back.
 
 ``hot_swap`` loads version N as ``<model>-vN`` next to what is serving, sends it the golden prompts (answers graded
-by the configured rule components), and only then points the stable name (``serve.adapter_name``) at it. On a failed
-smoke test ``<model>-vN`` is unloaded, the stable name keeps the previous weights, and (with
-``serve.rollback_registry_on_failure``) the registry's champion goes back to ``previous``. No server running, or nothing
-newly promoted: the stage is ``skipped`` with a record saying why. Retried only on transient HTTP / network errors.
+by the configured rule components), and only then points the stable name (``serve.adapter_name``) at it. When it is
+not deployed — the server refuses to load it (a broken weights file, a rank above ``serve.max_lora_rank``, another
+base), the fetched files are not the registered ones, or its smoke test fails — ``<model>-vN`` is unloaded, the stable
+name keeps the previous weights (``rolled_back``), and (with ``serve.rollback_registry_on_failure``) the registry's
+champion goes back to ``previous``. The server dying meanwhile is ``failed``: the same rollback, and the record says
+nothing is served; the stage does not restart vLLM (``flywheel serve`` or the orchestrator does, and starts the
+registry's champion: the previous one). Each outcome is tagged on the version (``deploy_status``, ``deploy_reason``).
+No server running, or nothing newly promoted: the stage is ``skipped`` with a record saying why. Retried only on
+transient HTTP / network errors raised before the load.
 
 A ``canary`` release (``registry.release_mode: canary``) is loaded the same way but under the challenger's name
 (``gateway.routing.challenger_model``) beside the champion, so the gateway sends it its share; a failed smoke test
@@ -13,20 +18,24 @@ serves another version (the gateway's monitor promoted a challenger since).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from prefect import task
 
 from flywheel.config import FlywheelConfig
 from flywheel.config.release import ServeConfig
 from flywheel.golden_set import read_golden_set
-from flywheel.records import Deployment, Release
-from flywheel.registry import PromotionError, Registry
-from flywheel.retries import retry_on_transient_io
+from flywheel.records import Deployment, Release, SmokeResult
+from flywheel.registry import ArtifactMismatch, PromotionError, Registry
+from flywheel.retries import is_transient_io, retry_on_transient_io
 from flywheel.serving import (
+    AdapterRefused,
     CheckFn,
+    adapter_misfits,
     adapter_name,
     is_healthy,
     load_adapter,
@@ -77,25 +86,50 @@ def hot_swap(url: str, model_name: str, version: int, adapter_dir: str | Path, p
     """Load version ``version``, smoke-test it, switch the stable name (``stable``, default ``serve.adapter_name``)
     to it, or unload it and keep the previous.
 
-    ``on_failure`` (e.g. a registry rollback) runs after a failed smoke test; it returns whether it rolled back.
+    ``on_failure`` (e.g. a registry rollback) runs when the version is not deployed: the server refused to load it,
+    its smoke test failed, or the server stopped answering meanwhile (status ``failed``: nothing is served until the
+    server is restarted, and ``flywheel serve`` starts the registry's champion, the previous one once rolled back).
+    It returns whether it rolled back.
     """
     stable = stable or serve.adapter_name
     name = adapter_name(model_name, version)
-    served = served_models(url)
-    load_adapter(url, name, adapter_dir, inplace=name in served)
+    had_stable = False
+    try:
+        served = served_models(url)
+        had_stable = stable in served
+        load_adapter(url, name, adapter_dir, inplace=name in served)
+    except (AdapterRefused, httpx.HTTPError) as e:
+        return not_deployed(url, name, stable, version, None, f"loading {name} failed: {e}", had_stable, on_failure)
     smoke = smoke_test(url, name, prompts[:serve.smoke_max_prompts], check, serve.smoke_max_tokens,
                        serve.smoke_min_pass_rate)
     if smoke.passed:
-        load_adapter(url, stable, adapter_dir, inplace=stable in served_models(url))
+        try:
+            load_adapter(url, stable, adapter_dir, inplace=stable in served_models(url))
+        except (AdapterRefused, httpx.HTTPError) as e:
+            return not_deployed(url, name, stable, version, smoke, f"switching '{stable}' to {name} failed: {e}",
+                                had_stable, on_failure)
         return Deployment(status="deployed", endpoint=url, adapter=name, serving=stable, version=version,
                           smoke=smoke, reason=f"smoke test passed ({smoke.pass_rate:.0%} of {smoke.n})")
-    unload_adapter(url, name)
-    rolled = bool(on_failure()) if on_failure else False
+    with contextlib.suppress(AdapterRefused, httpx.HTTPError):  # a dead server is reported below
+        unload_adapter(url, name)
     why = smoke.error or f"smoke test pass rate {smoke.pass_rate:.0%} < {serve.smoke_min_pass_rate:.0%}"
-    return Deployment(status="rolled_back", endpoint=url, adapter=name, serving=stable, version=version,
-                      smoke=smoke, rolled_back_registry=rolled,
-                      reason=f"{why}; {name} unloaded, " + (f"'{stable}' keeps the previous weights" if stable in served
-                                                            else f"'{stable}' stays unserved"))
+    return not_deployed(url, name, stable, version, smoke, why, had_stable, on_failure)
+
+
+def not_deployed(url: str, name: str, stable: str, version: int, smoke: SmokeResult | None, why: str,
+                 had_stable: bool, on_failure: Callable[[], bool] | None) -> Deployment:
+    """``rolled_back`` (the server answers; ``stable`` keeps what it served) or ``failed`` (the server is down)."""
+    up = is_healthy(url)
+    rolled = bool(on_failure()) if on_failure else False
+    if up:
+        keeps = f"'{stable}' keeps the previous weights" if had_stable else f"'{stable}' stays unserved"
+        return Deployment(status="rolled_back", endpoint=url, adapter=name, serving=stable, version=version,
+                          smoke=smoke, rolled_back_registry=rolled, reason=f"{why}; {name} not served, {keeps}")
+    restart = "the registry's champion" + (", the previous one again" if rolled else f", v{version}")
+    return Deployment(status="failed", endpoint=url, adapter=name, serving=stable, version=version, smoke=smoke,
+                      rolled_back_registry=rolled,
+                      reason=f"{why}; the vLLM server at {url} stopped answering: nothing is served until it is "
+                             f"restarted (`flywheel serve` starts {restart})")
 
 
 def registry_rollback(registry: Registry, version: int, why: str) -> Callable[[], bool]:
@@ -128,17 +162,47 @@ def deploy_challenger(cfg: FlywheelConfig, registry: Registry, release: Release,
         return Deployment(status="skipped", endpoint=url, adapter=name, serving=stable, version=version,
                           reason=f"no vLLM server at {url}: challenger v{version} is in the registry but not served "
                                  f"as '{stable}' (start one with `flywheel serve`)")
-    _, local = registry.fetch(version)
-    on_failure = (end_canary(registry, version, f"smoke test failed on {url}")
+    on_failure = (end_canary(registry, version, f"not deployed on {url} (see its deploy_reason tag)")
                   if cfg.serve.rollback_registry_on_failure else None)
-    result = hot_swap(url, registry.model_name, version, local, smoke_prompts(cfg, prompts_file, release.run_id),
-                      check if check is not None else rule_check(cfg), cfg.serve, on_failure, stable=stable)
+    result = fetch_and_swap(cfg, registry, version, url, smoke_prompts(cfg, prompts_file, release.run_id),
+                            check, on_failure, stable)
     info = read_server_info(cfg.state)
     if result.deployed and info is not None:
         info.challenger_version = version
         write_server_info(info, cfg.state)
     if result.deployed:
         result.reason = f"canary: '{stable}' serves v{version} beside the champion; {result.reason}"
+    return note_outcome(registry, result)
+
+
+def fetch_and_swap(cfg: FlywheelConfig, registry: Registry, version: int, url: str, prompts: list[list[dict]],
+                   check: CheckFn | None, on_failure: Callable[[], bool] | None, stable: str) -> Deployment:
+    """``hot_swap`` of ``version`` fetched from the registry. Never loaded, not deployed as a refused load: a
+    fetched adapter that is not the registered one (a file missing or changed in the artifact store), or one whose
+    LoRA shapes do not fit the base the server runs (``<state>/serve/server.json``)."""
+    name, info = adapter_name(registry.model_name, version), read_server_info(cfg.state)
+    try:
+        _, local = registry.fetch(version)
+    except ArtifactMismatch as e:
+        return not_deployed(url, name, stable, version, None, f"fetching v{version} failed: {e}",
+                            stable in served_models(url), on_failure)
+    misfits = adapter_misfits(local, info.base_model) if info is not None else []
+    if misfits:
+        return not_deployed(url, name, stable, version, None,
+                            f"loading {name} failed: refused before loading, its weights do not fit the served base "
+                            f"{info.base_model}: {'; '.join(misfits[:3])}", stable in served_models(url), on_failure)
+    return hot_swap(url, registry.model_name, version, local, prompts, check if check is not None else rule_check(cfg),
+                    cfg.serve, on_failure, stable=stable)
+
+
+def note_outcome(registry: Registry, result: Deployment) -> Deployment:
+    """Tag the version with the outcome (``deploy_status``/``deploy_reason``); an unreachable registry only says so."""
+    try:
+        registry.note_deployment(result.version, result.status, result.reason)
+    except Exception as e:  # noqa: BLE001  (the server's state is what it is: do not fail the stage over a tag)
+        if not is_transient_io(e):
+            raise
+        result.reason += f" (the registry could not be tagged: {type(e).__name__})"
     return result
 
 
@@ -166,20 +230,21 @@ def deploy_champion(cfg: FlywheelConfig, release: Release | None, *, prompts_fil
     champ = champ or registry.require_champion()
     name = adapter_name(registry.model_name, champ.version)
     if not is_healthy(url):
-        return Deployment(status="skipped", endpoint=url, adapter=name, serving=cfg.serve.adapter_name,
-                          version=champ.version, reason=f"no vLLM server at {url}: start one with `flywheel serve` "
-                                                        f"(champion v{champ.version} stays in the registry)")
-    version, local = registry.fetch(champ.version)
-    on_failure = (registry_rollback(registry, version, f"smoke test failed on {url}")
+        return note_outcome(registry, Deployment(
+            status="skipped", endpoint=url, adapter=name, serving=cfg.serve.adapter_name, version=champ.version,
+            reason=f"no vLLM server at {url}: start one with `flywheel serve` (champion v{champ.version} stays in "
+                   "the registry)"))
+    version = champ.version
+    on_failure = (registry_rollback(registry, version, f"not deployed on {url} (see its deploy_reason tag)")
                   if cfg.serve.rollback_registry_on_failure else None)
-    result = hot_swap(url, registry.model_name, version, local, smoke_prompts(cfg, prompts_file, champ.run_id),
-                      check if check is not None else rule_check(cfg), cfg.serve, on_failure)
+    result = fetch_and_swap(cfg, registry, version, url, smoke_prompts(cfg, prompts_file, champ.run_id), check,
+                            on_failure, cfg.serve.adapter_name)
     if result.deployed and info is not None:
-        if behind:
+        if behind and release is not None:
             result.reason = (f"the server served v{info.champion_version}, the registry's champion is v{version} "
                              f"(promoted by the canary): {result.reason}")
         info.champion_version = version
         if info.challenger_version == version:  # the canary that was promoted: no longer a challenger
             info.challenger_version = None
         write_server_info(info, cfg.state)
-    return result
+    return note_outcome(registry, result)

@@ -3,7 +3,10 @@ every gate passed and the champion it was evaluated against is still the champio
 
 The candidate carries its lineage (snapshot, validation report, reward spec, base, train run); the registry adds the
 parent champion (read under its lock) and the code revision, so every version's tags say where it came from.
-Retried only on registry I/O errors (an unreachable MLflow server), never on a rejected or invalid promotion.
+Retried only on registry I/O errors (an unreachable MLflow server: ``RegistryUnavailable`` names the step it
+stopped at), never on a rejected or invalid promotion. A retry first completes or abandons what the stopped
+attempt left (``flywheel.registry.recover_interrupted``), so a promotion leaves one usable version, never an
+alias on an unfinished one.
 """
 from __future__ import annotations
 

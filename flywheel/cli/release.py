@@ -188,6 +188,7 @@ def deploy_cmd(
     if result.status == "skipped":
         typer.echo(f"skipped: {result.reason}")
         raise typer.Exit(2)
-    typer.echo(f"{'deployed' if result.deployed else 'ROLLED BACK'}: {result.adapter} — {result.reason}")
+    said = "deployed" if result.deployed else "FAILED" if result.status == "failed" else "ROLLED BACK"
+    typer.echo(f"{said}: {result.adapter} — {result.reason}")
     if not result.deployed:
         raise typer.Exit(2)

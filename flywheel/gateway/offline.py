@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import orjson
 
+from flywheel.config import redact_userinfo
 from flywheel.config.data import SourceConfig
 from flywheel.feedback import feedback_source
 from flywheel.gateway.monitor import ArmStats, CanaryDecision, apply_decision, decide, kpi_value
@@ -88,7 +89,7 @@ def decide_from_logs(cfg, *, apply: bool = False, since: str | None = None) -> C
         raise ValueError(f"registry: no MLflow store at {cfg.state}/mlflow.db and no registry.tracking_uri")
     aliases.refresh()
     if aliases.error:
-        raise RuntimeError(f"registry {aliases.tracking_uri}: {aliases.error}")
+        raise RuntimeError(f"registry {redact_userinfo(aliases.tracking_uri)}: {redact_userinfo(aliases.error)}")
     if not aliases.challenger_live:  # no challenger, or it is the champion
         return None
     gw = cfg.gateway

@@ -217,7 +217,7 @@ def test_permanent_fault_fails_the_stage_and_leaves_the_manifest(name, moto, pro
         s3.put_object(Bucket=bucket, Key=f"{PREFIX}/{key}", Body=OBJECTS[key])
     manifest = manifest_path(state_dir, source.uri)
     before = manifest.read_bytes()
-    snapshots = sorted((state_dir / "snapshots").iterdir())
+    snapshots = sorted((state_dir / "raw").iterdir())
 
     target = f"{PREFIX}/{day2[-1]}" if fields["op"] == "get" else LISTING
     proxy.reset()
@@ -228,7 +228,7 @@ def test_permanent_fault_fails_the_stage_and_leaves_the_manifest(name, moto, pro
     assert f"s3://{bucket}/{target}" in message and words in message, message
     assert proxy.counts["seen"][fields["op"], target] == attempts      # permanent errors are not retried
     assert manifest.read_bytes() == before                             # the manifest untouched
-    assert sorted((state_dir / "snapshots").iterdir()) == snapshots    # no snapshot, no partial file
+    assert sorted((state_dir / "raw").iterdir()) == snapshots    # no raw snapshot, no partial file
     assert sorted(p.name for p in manifest.parent.iterdir() if p.name.startswith("pending")) == []
 
     proxy.reset()                                                      # the next night, fault-free

@@ -422,9 +422,6 @@ def test_a_judge_quoting_the_key_back_does_not_put_it_in_the_error(tmp_path):
     assert key not in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="flywheel/mlflow_store.py _failing_step (also registry.py "
-                                       "require_champion, gateway/offline.py): the message prints tracking_uri and "
-                                       "MLflow's own error text unredacted; fix: flywheel.config.redact_userinfo")
 def test_an_unreachable_tracking_server_error_hides_the_uri_password(tmp_path, monkeypatch):
     from flywheel.registry import RegistryUnavailable, promote
 
@@ -437,7 +434,8 @@ def test_an_unreachable_tracking_server_error_hides_the_uri_password(tmp_path, m
     with pytest.raises(RegistryUnavailable) as err:
         promote(adapter, tracking_uri=f"http://flywheel:{secret}@127.0.0.1:{_free_port()}", model_name="m",
                 experiment_id="0", state_dir=tmp_path / "state", passed=True, reason="r", evaluated_champion=None)
-    assert secret not in str(err.value)
+    assert secret not in str(err.value) and "flywheel:***@" in str(err.value)
+    assert err.value.__cause__ is None  # MLflow's own error quotes the URI: not chained into the traceback
 
 
 def test_evaluation_report_and_responses_scrub_golden_set_pii(tmp_path):
