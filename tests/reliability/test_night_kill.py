@@ -20,16 +20,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
+from prefect_server import prefect_server
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +43,6 @@ TASK_LINE = re.compile(r"Task run '(?P<stage>[a-z_]+)-(?P<day>\d{4}-\d\d-\d\d)' 
 
 
 # ---------------------------------------------------------------------------------------------------- processes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _group(pgid: int) -> list[psutil.Process]:
     """Live processes of process group ``pgid``."""
     found = []
@@ -76,33 +69,13 @@ def _kill_group(proc: subprocess.Popen) -> list[str]:
 @pytest.fixture(scope="module")
 def prefect_env(tmp_path_factory):
     """A real ``prefect server start`` (own PREFECT_HOME) for every night of this module; the env the runs get."""
-    home = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home / "home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1")
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    env.pop(STOP_ENV, None)
-    with open(home / "server.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
-                                  start_new_session=True)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert server.poll() is None, f"prefect server exited {server.returncode}: see {home / 'server.log'}"
-                assert time.monotonic() < deadline, "prefect server did not answer within 180 s"
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            yield env
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.wait(timeout=30)
-            assert not _kill_group(server), "prefect server left processes behind"
+    home = tmp_path_factory.mktemp("prefect") / "home"
+    with prefect_server(home) as api:
+        env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                   PYTHONUNBUFFERED="1")
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+        env.pop(STOP_ENV, None)
+        yield env
 
 
 @dataclass

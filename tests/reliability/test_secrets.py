@@ -16,22 +16,19 @@ metadata) may stay only in the quarantine, which keeps rejected rows raw for for
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+from prefect_server import free_port as _free_port
+from prefect_server import prefect_server
 
 from flywheel.rewards.replay_server import ReplayServer
 
@@ -96,46 +93,6 @@ def search(folders: list[Path], needles: dict[str, list[str]], skip=lambda p: Fa
 
 
 # ---------------------------------------------------------------------------------------------------- servers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def prefect_server(home: Path):
-    """A real ``prefect server start`` with its own PREFECT_HOME; yields its API URL."""
-    port = _free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    home.mkdir(parents=True)
-    with open(home / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"prefect server exited {proc.returncode}: see {home / 'server.log'}"
-            assert time.monotonic() < deadline, "prefect server did not answer within 180 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        yield env["PREFECT_API_URL"]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 class UnauthorizedJudge(ReplayServer):
     """An endpoint that refuses every key with 401; ``echo=True`` quotes the key back, as some proxies do."""
 
