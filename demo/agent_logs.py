@@ -15,9 +15,11 @@ under ``<out>/dt=YYYY-MM-DD/part-*.jsonl``: ``messages`` is the OpenAI conversat
 prompt, user, assistant turns with ``tool_calls``, ``tool`` messages with ``tool_call_id``), ``completion`` the turn
 as the model wrote it (``<tool_call>`` blocks or the closing text: what ``models.tiny.CHAT_TEMPLATE`` renders for
 it). The conversation's feedback is on each of its rows: ``resolved`` (reward 1 and no hand-off), ``escalated`` (the
-hand-off tool ran) and, sparsely, ``thumbs``. Per conversation, ``<out>/_gold/<day>.jsonl`` holds the task id, the
-mistake, the reward and the checks, outside the partitions, so observe never reads them. The rows have no line-level
-defects (demo/logs.py covers those).
+hand-off tool ran) and, sparsely, ``thumbs``. Some customers open in a style (``STYLE_RATES``: impatient or
+panicked), as real users do, so ``environments.user_styles`` finds style examples for the LLM user in these logs.
+Per conversation, ``<out>/_gold/<day>.jsonl`` holds the task id, the mistake, the reward, the checks and the user's
+style, outside the partitions, so observe never reads them. The rows have no line-level defects (demo/logs.py covers
+those).
 """
 from __future__ import annotations
 
@@ -42,6 +44,16 @@ MODEL_VERSION = "acme-agent-2026-11-20"  # the logged ``model_version`` field
 MISTAKES = ("wrong_id", "skipped_call", "forbidden_write", "forgot_info", "needless_escalation")
 HANDOFF = "escalate_to_human"
 THUMBS_RATE = 0.3                        # share of conversations whose customer gave a thumb
+# Customers write in a style now and then (what ``environments.user_styles`` finds in real logs and hands the LLM
+# user as examples): an impatient or a panicked opening. Drawn from their own random stream, so the conversations,
+# mistakes and feedback of a seed do not depend on it.
+STYLE_RATES = {"impatient": 0.15, "panicked": 0.1}
+STYLE_OPENERS = {
+    "impatient": ("I've been waiting for days already!!", "Still no answer, come on.", "Hurry please, how long "
+                  "does this take?", "Any update? I asked yesterday already."),
+    "panicked": ("URGENT!!! PLEASE HELP ME NOW!", "Help me! This is an emergency.", "SOS, I need this sorted "
+                 "asap.", "Please, urgent, I'm panicking here!!!"),
+}
 PARTS_PER_DAY = 2
 Call = tuple[str, dict[str, Any]]
 
@@ -156,6 +168,28 @@ def closing_message(env: Environment, task: Task, plan: AgentPlan) -> str:
     return " ".join(["All done.", *said, "Have a nice day."])
 
 
+class StyledUser(ScriptedUser):
+    """The scripted customer, whose opening message starts with ``opener`` (a styled sentence) when one is given."""
+
+    def __init__(self, opener: str | None = None, max_turns: int = 5):
+        super().__init__(max_turns)
+        self.opener = opener
+
+    def start(self, task: Task) -> str:
+        text = super().start(task)
+        return f"{self.opener} {text}" if self.opener else text
+
+
+def draw_style(rng: random.Random) -> tuple[str | None, str | None]:
+    """(style, opening sentence) of one customer, or (None, None) for a plain one."""
+    u = rng.random()
+    for style, rate in STYLE_RATES.items():
+        if u < rate:
+            return style, rng.choice(STYLE_OPENERS[style])
+        u -= rate
+    return None, None
+
+
 def play(env: Environment, task: Task, plan: AgentPlan) -> tuple[list[tuple[list[dict], str]], dict[str, Any]]:
     """Run one conversation; returns (messages before the turn, completion) per model call, and the last info."""
     env.reset(task)
@@ -202,13 +236,15 @@ class _Day:
     successes: int = 0
 
 
-def _play_day(rng: random.Random, env: Environment, domain: Domain, day: dt.date, conversations: int,
-              error_rate: float, counts: Counter) -> _Day:
+def _play_day(rng: random.Random, style_rng: random.Random, env: Environment, domain: Domain, day: dt.date,
+              conversations: int, error_rate: float, counts: Counter) -> _Day:
     """One day's conversations: its rows sorted by time with request ids, its gold records and successes."""
     out, train = _Day(), domain.split["train"]
     for n in range(conversations):
         task = domain.task(rng.choice(train))
         plan = production_plan(rng, task, error_rate)
+        style, opener = draw_style(style_rng)
+        env.user_factory = lambda: StyledUser(opener)  # noqa: B023 - called by reset() inside this iteration
         turns, info = play(env, task, plan)
         feedback = _feedback(rng, info)
         conversation_id = f"conv-{day:%y%m%d}-{n:05d}"  # under 13 digits: the PII scrubber reads 13 as a card
@@ -219,7 +255,7 @@ def _play_day(rng: random.Random, env: Environment, domain: Domain, day: dt.date
                        f"mistake:{plan.mistake}": plan.mistake is not None})
         out.gold.append({"conversation_id": conversation_id, "task_id": task.id, "mistake": plan.mistake,
                          "reward": info["reward"], "checks": info["checks"], "end_reason": info["end_reason"],
-                         "tool_errors": info["tool_errors"], **feedback, "turns": len(turns)})
+                         "tool_errors": info["tool_errors"], **feedback, "turns": len(turns), "user_style": style})
     out.rows.sort(key=lambda r: (r["timestamp"], r["metadata"]["conversation_id"], r["metadata"]["turn"]))
     for i, row in enumerate(out.rows):
         row["request_id"] = f"agent-{day:%Y%m%d}-{i:07d}"
@@ -247,14 +283,14 @@ def generate_agent_logs(out_dir: str | Path, *, days: int = 3, conversations_per
         first = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
     else:
         first = start if isinstance(start, dt.date) else dt.date.fromisoformat(str(start))
-    out, rng, counts = Path(out_dir), random.Random(seed), Counter()
+    out, rng, style_rng, counts = Path(out_dir), random.Random(seed), random.Random(f"{seed}-style"), Counter()
     domain = load_domain()
-    env = Environment(domain, ScriptedUser)
+    env = Environment(domain, StyledUser)
     day_list = [first + dt.timedelta(days=d) for d in range(days)]
     rates, rows, successes = {}, 0, 0
     try:
         for day in day_list:
-            played = _play_day(rng, env, domain, day, conversations_per_day, error_rate, counts)
+            played = _play_day(rng, style_rng, env, domain, day, conversations_per_day, error_rate, counts)
             bounds = [round(p * len(played.rows) / PARTS_PER_DAY) for p in range(PARTS_PER_DAY + 1)]
             for p in range(PARTS_PER_DAY):
                 part = out / f"dt={day.isoformat()}" / f"part-{p:05d}.jsonl"

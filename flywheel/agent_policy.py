@@ -14,6 +14,7 @@ The sampler is injected (``sample(prefixes, seeds) -> [(ids, logprobs)]``, e.g. 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,16 +37,30 @@ class _Stream:
     turns: int = 0
 
 
+def template_tools(tokenizer, schemas: Sequence[dict]) -> list[dict] | None:
+    """The tool schemas (OpenAI format) to hand ``apply_chat_template(..., tools=...)``: a real model's template
+    (Qwen, Llama 3.1, Mistral, Hermes) renders them in the format the model was trained on. None when the template
+    takes no ``tools`` (the tiny template: the base learns the calls from production transcripts)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):  # a tokenizer with named templates: the default one, or the tool-use one
+        template = " ".join(str(t) for t in template.values())
+    return [dict(s) for s in schemas] if re.search(r"\btools\b", template) else None
+
+
 @dataclass
 class TokenPolicy:
-    """Batch policy over a tokenizer with a chat template and an injected token sampler (see module doc)."""
+    """Batch policy over a tokenizer with a chat template and an injected token sampler (see module doc);
+    ``tools``: the schemas the chat template renders (``template_tools``), or None."""
 
     tokenizer: Any
     sample: Sampler
+    tools: list[dict] | None = None
     _streams: dict[tuple[str, int, int], _Stream] = field(default_factory=dict, repr=False)
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        extra = {"tools": self.tools} if self.tools is not None else {}
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                                  **extra)
 
     def context_ids(self, stream: _Stream, messages: list[dict]) -> list[int]:
         """The tokens of the messages the policy has not seen yet, ending with the opened assistant turn."""

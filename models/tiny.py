@@ -61,8 +61,9 @@ _TOKENIZER_MARKUP = (
 )
 
 
-def train_tokenizer(corpus_texts: list[str], vocab_size: int = 1024):
-    """Byte-level BPE with single-digit tokens and the chat special tokens → a ``PreTrainedTokenizerFast``."""
+def train_tokenizer(corpus_texts: list[str], vocab_size: int = 1024, max_length: int = 512):
+    """Byte-level BPE with single-digit tokens and the chat special tokens → a ``PreTrainedTokenizerFast`` whose
+    ``model_max_length`` is the model's ``max_length`` positions."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -79,7 +80,7 @@ def train_tokenizer(corpus_texts: list[str], vocab_size: int = 1024):
     tok.train_from_iterator(corpus_texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS,
-        additional_special_tokens=[IM_START], padding_side="left", model_max_length=512,
+        additional_special_tokens=[IM_START], padding_side="left", model_max_length=max_length,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -152,7 +153,7 @@ def build_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(corpus_texts + [_TOKENIZER_MARKUP], vocab_size)
+    tokenizer = train_tokenizer(corpus_texts + [_TOKENIZER_MARKUP], vocab_size, max_position_embeddings)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,

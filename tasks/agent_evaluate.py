@@ -16,7 +16,7 @@ from prefect import task
 from environments.domain import Domain
 from environments.lockstep import collect_batched
 from environments.users import ScriptedUser, User
-from flywheel.agent_policy import TokenPolicy, load_policy_model, model_sampler
+from flywheel.agent_policy import TokenPolicy, load_policy_model, model_sampler, template_tools
 from flywheel.config import FlywheelConfig
 from flywheel.records import AgentEvaluation
 from flywheel.stats import wilson_ci
@@ -29,7 +29,8 @@ def evaluate_agent(base: str | Path, adapter: str | Path | None, domain: Domain,
     """Play ``task_ids`` × ``trials`` with the policy and summarise (see module doc)."""
     model, tokenizer = load_policy_model(base, adapter)
     sample = model_sampler(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature)
-    summary = collect_batched(domain, TokenPolicy(tokenizer, sample), list(task_ids), trials=trials,
+    policy = TokenPolicy(tokenizer, sample, template_tools(tokenizer, domain.schemas()))
+    summary = collect_batched(domain, policy, list(task_ids), trials=trials,
                               out_path=out_path, max_steps=max_steps, seed=seed, user_factory=user_factory,
                               model_version=str(adapter) if adapter else "base")
     return AgentEvaluation(

@@ -29,7 +29,7 @@ from prefect import task
 from environments.domain import Domain
 from environments.lockstep import collect_batched
 from environments.users import ScriptedUser, User
-from flywheel.agent_policy import TokenPolicy, load_policy_model, model_sampler, streams_of
+from flywheel.agent_policy import TokenPolicy, load_policy_model, model_sampler, streams_of, template_tools
 from flywheel.config import FlywheelConfig
 
 UNFINISHED = ("max_steps", "policy_error")  # end reasons of an episode that did not end on its own
@@ -63,7 +63,8 @@ def rejection_sample(base: str | Path, adapter: str | Path | None, domain: Domai
     model, tokenizer = load_policy_model(base, adapter)
     sample = model_sampler(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature)
     version = str(adapter) if adapter else str(base)
-    collect_batched(domain, TokenPolicy(tokenizer, sample), list(task_ids), trials=trials,
+    policy = TokenPolicy(tokenizer, sample, template_tools(tokenizer, domain.schemas()))
+    collect_batched(domain, policy, list(task_ids), trials=trials,
                     out_path=out / "rollouts.jsonl", max_steps=max_steps, seed=seed, user_factory=user_factory,
                     model_version=version)
     selection = select(read_trajectories(out / "rollouts.jsonl"), threshold=threshold)
@@ -119,11 +120,11 @@ def train_agent_rl(config, base: str | Path, domain: Domain, task_ids: Sequence[
     cfg = trainer.cfg
     sample = model_sampler(trainer.ac.lm, trainer.tokenizer, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p, role=lambda: trainer.ac.role("policy"))
-    history = []
+    history, tools = [], template_tools(trainer.tokenizer, domain.schemas())
     for step in range(cfg.steps):
         tasks = update_tasks(task_ids, cfg.batch_size, step, cfg.seed)
         path = rollouts / f"update-{step:04d}.jsonl"
-        summary = collect_batched(domain, TokenPolicy(trainer.tokenizer, sample), tasks,
+        summary = collect_batched(domain, TokenPolicy(trainer.tokenizer, sample, tools), tasks,
                                   trials=cfg.samples_per_prompt, out_path=path, max_steps=max_steps,
                                   seed=cfg.seed * 7919 + step, user_factory=user_factory)
         metrics = learn_from_episodes(trainer, path, generate_s=summary.seconds)

@@ -52,9 +52,22 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the demo logs and of training."),
     task: str = typer.Option("support_triage", "--task",
                              help="Built-in task whose logs the demo generates: support_triage or it_helpdesk."),
+    agent: bool = typer.Option(False, "--agent", help="The agent demo instead: Acme Shop transcripts, the agent flow "
+                                                      "(rejection-sampled SFT, multi-turn RL), held-out success."),
 ) -> None:
-    """The whole cycle offline: 3 days of logs, day-0 champion, two nightly flows, summary table and report."""
+    """The whole cycle offline: 3 days of logs, day-0 champion, two nightly flows, summary table and report.
+
+    With --agent: the agent flow on the built-in Acme Shop environment (agent_report.json / .md in --out)."""
     _env_defaults()
+    if agent:
+        from demo.agent_run import run_agent_demo
+
+        try:
+            result = run_agent_demo(out, fast=fast, seed=seed)
+        except ValueError as e:
+            _fail(f"demo --agent failed: {e}")
+        typer.echo(f"report: {result['report_json']}  markdown: {result['report_md']}")
+        return
     from demo.run import DemoError, run_demo
 
     try:

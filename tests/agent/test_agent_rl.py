@@ -101,3 +101,36 @@ def test_update_tasks_visit_every_task_once_per_pass():
     assert sorted(first_pass[:6]) == sorted(set(first_pass[:6]))
     everything = update_tasks(ids, 10, 0, seed=1)  # a batch larger than the task set takes each task once
     assert everything == update_tasks(ids, 10, 0, seed=1) and sorted(everything) == sorted(ids)
+
+
+# A Qwen/Hermes-style template that renders the `tools` it is handed in the system turn, as real models' do.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools>"
+    "<|im_end|>\n{% endif %}{% for m in messages %}{% if m['role'] != 'system' %}<|im_start|>{{ m['role'] }}\n"
+    "{{ m['content'] or '' }}{% for tc in m.get('tool_calls') or [] %}<tool_call>{{ tc['function'] | tojson }}"
+    "</tool_call>{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}")
+
+
+def test_a_template_that_takes_tools_gets_the_domain_schemas_and_stays_token_exact(tmp_path, base, domain):
+    from flywheel.agent_policy import template_tools
+
+    model, tokenizer = load_base(base, device="cpu")
+    schemas = domain.schemas()
+    assert template_tools(tokenizer, schemas) is None  # the tiny template takes no tools
+    tokenizer.chat_template = TOOLS_TEMPLATE
+    tools = template_tools(tokenizer, schemas)
+    assert [t["function"]["name"] for t in tools] == [s["function"]["name"] for s in schemas]
+
+    sample = model_sampler(model, tokenizer, max_new_tokens=8, temperature=TEMPERATURE)
+    path = tmp_path / "episodes.jsonl"
+    collect_batched(domain, TokenPolicy(tokenizer, sample, tools), [domain.tasks[0].id], trials=2, out_path=path,
+                    max_steps=3, user_factory=PatientUser)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 2
+    for stream in streams_of(records):
+        first = tokenizer.decode(stream[0][0])
+        assert "<tools>" in first and all(f'"name": "{s["function"]["name"]}"' in first for s in schemas)
+        assert len(stream) == 3 and all(ids for _, ids in stream)  # three sampled turns, none re-tokenised
+        rendered = tokenizer.decode([t for context, ids in stream for t in context + ids])
+        assert rendered.count("<tools>") == 1  # later turns append only the new messages

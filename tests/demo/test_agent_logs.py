@@ -129,3 +129,23 @@ def test_same_seed_same_bytes(tmp_path):
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="error_rate"):
         generate_agent_logs(tmp_path, error_rate=1.5)
+
+
+def test_styled_customers_give_the_llm_user_style_examples(logs):
+    from demo.agent_logs import STYLE_RATES
+    from environments.user_styles import IMPATIENT, PANICKED, classify, style_examples
+
+    out, summary = logs
+    gold = load_agent_gold(out)
+    styled = {g["conversation_id"]: g["user_style"] for g in gold if g["user_style"]}
+    share = len(styled) / len(gold)
+    assert abs(share - sum(STYLE_RATES.values())) < 0.1, share
+    for cid, turns in conversations(rows_of(out)).items():
+        opening = next(m["content"] for m in turns[0]["messages"] if m["role"] == "user")
+        styles = classify(opening)
+        if cid in styled:  # the styled opening is what the classifier of real logs sees
+            assert styled[cid] in styles, (styled[cid], opening)
+        else:
+            assert IMPATIENT not in styles and PANICKED not in styles, opening
+    examples = style_examples(rows_of(out), per_style=3, seed=0)
+    assert len(examples[IMPATIENT]) == len(examples[PANICKED]) == 3
