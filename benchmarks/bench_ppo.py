@@ -1,18 +1,29 @@
-"""Our PPO vs TRL 1.12.0's ``trl.experimental.ppo``, side by side in one run, on the tiny model and a ~100M Llama.
+"""Our trainer vs TRL, side by side in one run, on the tiny model and a ~100M Llama: two comparisons.
 
-Same prompts (demo triage chats), batch 8, response length 32, 1 PPO epoch, 1 minibatch, GAE with a value model on
-both sides (ours: ``advantage="gae"`` at temperature 1.0, not the critic-free defaults), LoRA r=8 on q_proj/v_proj,
-float32, the same Python reward (wrapped in an ``nn.Module`` for TRL, whose PPO wants a reward *model*). Each side
-runs in its own process (TRL in a throwaway venv ``.venv-trl`` that this script creates on first use), so peak RSS
-is per side. Prints seconds per PPO update (mean after the first), peak RSS, the ratios, and achieved FLOP/s as a
-fraction of a float32 matmul peak measured in the same run.
+Critic-free (the ``train`` defaults, side ``ours_rloo``) vs the latest TRL's ``RLOOTrainer`` / ``GRPOTrainer``
+(``trl_rloo``, ``trl_grpo``; ``_nogc`` = TRL's gradient checkpointing off), in ``.venv-trl-latest``: 16 prompts × 4
+samples, response 32, T 0.7, KL 0.05 against the LoRA-less base, LoRA r=8 on q/k/v/o (see ``bench_ppo_peers.py`` for
+every matched knob). ``ours_rloo_lean`` / ``ours_rloo_lean16`` add ``grad_accum: 4`` / ``16``.
 
-    .venv/bin/python benchmarks/bench_ppo.py [--updates 4] [--sizes tiny,100m] [--json out.json]
+GAE (side ``ours``) vs TRL 1.12.0's ``trl.experimental.ppo`` (``trl``; the last TRL with PPO), in ``.venv-trl``:
+batch 8, response length 32, 1 PPO epoch, 1 minibatch, a value model on both sides (ours: ``advantage="gae"`` at
+temperature 1.0), LoRA r=8 on q_proj/v_proj, the Python reward wrapped in an ``nn.Module`` for TRL, whose PPO wants
+a reward *model*. ``--value-top`` adds ``ours_vtop`` (``value_layers`` = a quarter) and ``ours_lean`` (+ 4
+micro-batches).
+
+Float32, no vLLM, the same Python reward and torch threads everywhere. Each side runs in its own process (TRL in
+throwaway venvs that this script creates on first use, torch==2.13.0 first), so peak RSS is per side. Prints seconds
+per update (mean after the first), peak RSS, the ratios against each peer, and achieved FLOP/s as a fraction of a
+float32 matmul peak measured in the same run.
+
+    .venv/bin/python benchmarks/bench_ppo.py [--updates 4] [--sizes tiny,100m] [--sides ...] [--threads 1]
+        [--json out.json]
 
 FLOPs per update are counted analytically (2·params·tokens per forward; a LoRA backward ≈ 1 forward, a full-weight
-backward ≈ 2 forwards; generation = prefill + one token per step). Ours per update: generate, reference forward,
-policy+value forward and backward (the rollout's old log-probs/values are the detached training forward).
-TRL per update: generate, policy/reference/value forwards, then policy (LoRA) and value (full model) forward+backward.
+backward ≈ 2 forwards, a checkpointed one recomputes the forward; generation = prefill + one token per step).
+GAE, ours: generate, reference forward, policy+value forward and backward (the rollout's old log-probs/values are
+the detached training forward). TRL PPO: generate, policy/reference/value forwards, then policy (LoRA) and value
+(full model) forward+backward. Critic-free: ``bench_ppo_peers.CRITIC_FREE_FWD``.
 """
 from __future__ import annotations
 
@@ -28,6 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_ppo_peers as peers  # noqa: E402  (the critic-free sides: our defaults vs the latest TRL RLOO/GRPO)
+
 TRL_VENV = ROOT / ".venv-trl"
 SIZES = {"tiny": None, "100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                     num_key_value_heads=12, intermediate_size=2560)}
@@ -126,7 +140,8 @@ def ensure_trl_venv() -> Path:
     return py
 
 
-def build_models(work: Path, sizes: list[str]) -> dict[str, Path]:
+def build_models(work: Path, sizes: list[str], max_positions: int = 512) -> dict[str, Path]:
+    """The tiny demo Llama (tokenizer trained on demo chats) and, if asked, a ~100M Llama sharing its tokenizer."""
     import random
 
     import torch
@@ -138,12 +153,12 @@ def build_models(work: Path, sizes: list[str]) -> dict[str, Path]:
     rng = random.Random(0)
     corpus = [m["content"] for _ in range(400) for m in dd.make_prompt(rng)[0]] + \
              [dd.gold_completion(i, str(rng.randint(100000, 999999))) for i in dd.INTENTS for _ in range(40)]
-    out = {"tiny": build_tiny_model(work / "tiny", corpus, seed=0)}
+    out = {"tiny": build_tiny_model(work / "tiny", corpus, seed=0, max_position_embeddings=max_positions)}
     if "100m" in sizes:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(out["tiny"])
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=512, tie_word_embeddings=True,
+        cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=max_positions, tie_word_embeddings=True,
                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
                           **SIZES["100m"])
         LlamaForCausalLM(cfg).save_pretrained(work / "100m")
@@ -165,6 +180,8 @@ def flops_per_update(facts: dict, batch: int, prompt_len: float, resp: float, si
     seq = prompt_len + resp
     fwd = batch * seq * (2 * n + 4 * L * h * seq)  # one forward over the batch (matmuls + attention scores)
     gen = batch * prompt_len * 2 * n + batch * sum(2 * n + 4 * L * h * (prompt_len + t) for t in range(int(resp)))
+    if peers.is_critic_free(side):
+        return gen + fwd * peers.CRITIC_FREE_FWD[side]
     if side.startswith("ours"):  # reference fwd; policy fwd+bwd(LoRA); value fwd+bwd(LoRA) on value_share of layers
         return gen + fwd * (1 + 2 + 2 * (value_share or 1.0))
     return gen + fwd * (3 + 2 + 3)  # policy/ref/value fwd; policy fwd+bwd(LoRA); value fwd+bwd(full)
@@ -185,18 +202,66 @@ def matmul_peak(seconds: float = 3.0) -> float:
 
 
 def run_side(python: Path, script: str, model: Path, prompts: Path, updates: int, work: Path,
-             value_layers: int = 0, grad_accum: int = 1) -> dict:
+             extra: list[str]) -> dict:
     path = work / f"side_{abs(hash(script)) % 10**8}.py"
     path.write_text(script)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
-    proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT), str(value_layers),
-                           str(grad_accum)],
+    proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT), *extra],
                           capture_output=True, text=True, env=env, timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{python} {path} failed:\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][7:])
+
+
+GAE_SIDES = ("ours", "ours_vtop", "ours_lean", "trl")
+DEFAULT_SIDES = "ours,trl,ours_rloo,trl_rloo,trl_grpo"
+
+
+def measure_side(side: str, size: str, model: Path, prompts: Path, prompt_len: float, updates: int, work: Path,
+                 pythons: dict[str, Path]) -> dict:
+    """Run one side in its own process; s/update (mean after the first update), peak RSS and FLOP/s."""
+    facts = model_facts(model)
+    if peers.is_critic_free(side):
+        match = peers.matched_knobs(facts["hidden"])
+        python = Path(sys.executable) if side.startswith("ours_") else pythons["latest"]
+        r = run_side(python, peers.script_of(side, COMMON), model, prompts, updates, work,
+                     [json.dumps(peers.side_spec(side, match))])
+        flops = flops_per_update(facts, match["batch"] * match["samples"], prompt_len, match["max_new_tokens"], side)
+    else:
+        vl = max(1, facts["layers"] // 4) if side in ("ours_vtop", "ours_lean") else 0
+        accum = 4 if side == "ours_lean" else 1
+        python, script = (pythons["1.12"], TRL) if side == "trl" else (Path(sys.executable), OURS)
+        r = run_side(python, script, model, prompts, updates, work, [str(vl), str(accum)])
+        flops = flops_per_update(facts, 8, prompt_len, 32, side, vl / facts["layers"])
+        if accum > 1:  # the rollout's old log-probs/values come from an extra no-grad forward
+            flops += 8 * (prompt_len + 32) * (2 * facts["matmul_params"]) * (1 + vl / facts["layers"])
+    timed = r["times"][1:] or r["times"]
+    s = sum(timed) / len(timed)
+    return {"s_per_update": s, "peak_rss_mb": r["peak_mb"], "flops_per_update": flops,
+            "achieved_gflops": flops / s / 1e9, "times": r["times"], "response_length": r.get("response_length"),
+            **({"generate_s": r["generate_s"]} if "generate_s" in r else {})}
+
+
+def peers_of(side: str, present: list[str]) -> list[str]:
+    """The TRL sides an "ours" side is compared with: TRL 1.12 PPO for GAE, the latest RLOO/GRPO otherwise."""
+    if side.startswith("trl"):
+        return []
+    if peers.is_critic_free(side):
+        return [p for p in present if p.startswith("trl_") and peers.is_critic_free(p)]
+    return [p for p in present if p == "trl"]
+
+
+def print_table(rows: list[dict], peak: float) -> None:
+    print(f"{'size':>5} | {'side':>16} | {'s/update':>8} | {'peak MB':>7} | {'% of peak':>9} | ratios (time, memory)")
+    for r in rows:
+        for side in r["sides"]:
+            v = r[side]
+            ratios = "  ".join(f"vs {p}: {r[f'time_ratio_{side}_vs_{p}']:.2f}, {r[f'memory_ratio_{side}_vs_{p}']:.2f}"
+                               for p in peers_of(side, r["sides"]))
+            print(f"{r['size']:>5} | {side:>16} | {v['s_per_update']:8.3f} | {v['peak_rss_mb']:7.0f} | "
+                  f"{100 * v['achieved_gflops'] * 1e9 / peak:9.1f} | {ratios}")
 
 
 def main() -> None:
@@ -206,8 +271,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--value-top", action="store_true",
-                    help="also run ours with the value adapter on the top quarter of the layers (value_layers)")
-    ap.add_argument("--sides", default=None, help="comma list of ours,ours_vtop,ours_lean,trl (default: ours,trl)")
+                    help="also run ours (GAE) with the value adapter on the top quarter of the layers (value_layers)")
+    ap.add_argument("--sides", default=None,
+                    help=f"comma list of {','.join(GAE_SIDES)} (GAE vs TRL 1.12 PPO) and "
+                         f"{','.join(peers.CRITIC_FREE_FWD)} (critic-free defaults vs the latest TRL); "
+                         f"default: {DEFAULT_SIDES}")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per side (default: all cores; use 1 on a shared, loaded machine)")
     args = ap.parse_args()
@@ -216,9 +284,15 @@ def main() -> None:
         import torch
         torch.set_num_threads(args.threads)
     sizes = args.sizes.split(",")
+    wanted = (args.sides or DEFAULT_SIDES + (",ours_vtop,ours_lean" if args.value_top else "")).split(",")
+    unknown = [s for s in wanted if s not in GAE_SIDES and not peers.is_critic_free(s)]
+    if unknown:
+        ap.error(f"--sides: unknown side(s) {', '.join(unknown)}")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_ppo_"))
     work.mkdir(parents=True, exist_ok=True)
-    trl_py = ensure_trl_venv()
+    pythons = {"1.12": ensure_trl_venv() if "trl" in wanted else None,
+               "latest": peers.ensure_trl_latest_venv() if any(s.startswith("trl_") for s in wanted) else None}
+    versions = {k: peers.trl_version(v) for k, v in pythons.items() if v is not None}
     load = os.getloadavg()
     models = build_models(work, sizes)
     import random
@@ -235,50 +309,31 @@ def main() -> None:
     peak = matmul_peak()
     rows = []
     for size in sizes:
-        facts = model_facts(models[size])
-        res = {}
-        top = max(1, facts["layers"] // 4)
-        # ours_vtop: value adapter on the top quarter of the layers, branching off the reference pass;
-        # ours_lean: the same + 4 micro-batches (activations /4, one extra no-grad policy forward)
-        sides = {"ours": (Path(sys.executable), OURS, 0, 1), "ours_vtop": (Path(sys.executable), OURS, top, 1),
-                 "ours_lean": (Path(sys.executable), OURS, top, 4), "trl": (trl_py, TRL, 0, 1)}
-        wanted = args.sides.split(",") if args.sides else ["ours"] + (["ours_vtop", "ours_lean"] if args.value_top
-                                                                      else []) + ["trl"]
+        row = {"size": size, "params_matmul": model_facts(models[size])["matmul_params"], "sides": wanted}
         for side in wanted:
-            python, script, vl, accum = sides[side]
-            r = run_side(python, script, models[size], work / "prompts.json", args.updates, work, vl, accum)
-            timed = r["times"][1:] or r["times"]
-            s = sum(timed) / len(timed)
-            flops = flops_per_update(facts, 8, prompt_len, 32, side, vl / facts["layers"])
-            if accum > 1:  # the rollout's old log-probs/values come from an extra no-grad forward
-                fwd = 8 * (prompt_len + 32) * (2 * facts["matmul_params"])
-                flops += fwd * (1 + vl / facts["layers"])
-            res[side] = {"s_per_update": s, "peak_rss_mb": r["peak_mb"], "flops_per_update": flops,
-                         "achieved_gflops": flops / s / 1e9, "fraction_of_peak": flops / s / peak,
-                         "times": r["times"]}
-            print(f"{size:>5} {side:>9}: {s:7.3f} s/update  peak RSS {r['peak_mb']:7.0f} MB  "
-                  f"{flops / s / 1e9:6.1f} GFLOP/s ({100 * flops / s / peak:4.1f} % of peak)", flush=True)
-        row = {"size": size, "params_matmul": facts["matmul_params"], **res}
-        for side in [k for k in res if k != "trl"] if "trl" in res else []:
-            row[f"time_ratio_{side}"] = res[side]["s_per_update"] / res["trl"]["s_per_update"]
-            row[f"memory_ratio_{side}"] = res[side]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]
+            row[side] = v = measure_side(side, size, models[size], work / "prompts.json", prompt_len, args.updates,
+                                         work, pythons)
+            v["fraction_of_peak"] = v["achieved_gflops"] * 1e9 / peak
+            print(f"{size:>5} {side:>16}: {v['s_per_update']:7.3f} s/update  peak RSS {v['peak_rss_mb']:7.0f} MB  "
+                  f"{v['achieved_gflops']:6.1f} GFLOP/s ({100 * v['fraction_of_peak']:4.1f} % of peak)", flush=True)
+        for side in wanted:
+            for p in peers_of(side, wanted):
+                row[f"time_ratio_{side}_vs_{p}"] = row[side]["s_per_update"] / row[p]["s_per_update"]
+                row[f"memory_ratio_{side}_vs_{p}"] = row[side]["peak_rss_mb"] / row[p]["peak_rss_mb"]
         rows.append(row)
     import torch
+    match = peers.matched_knobs(192)
     print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} thread(s); load average at "
-          f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens, batch 8, response 32, "
-          "LoRA r=8 q/v")
-    print(f"{'size':>5} | {'side':>9} | {'s/update':>8} | {'time ratio':>10} | {'peak MB':>7} | {'mem ratio':>9} | "
-          f"{'% of peak':>9}")
-    for r in rows:
-        for side in [k for k in ("ours", "ours_vtop", "ours_lean", "trl") if k in r]:
-            v = r[side]
-            tr, mr = r.get(f"time_ratio_{side}"), r.get(f"memory_ratio_{side}")
-            print(f"{r['size']:>5} | {side:>9} | {v['s_per_update']:8.3f} | "
-                  f"{'' if tr is None else f'{tr:.2f}':>10} | {v['peak_rss_mb']:7.0f} | "
-                  f"{'' if mr is None else f'{mr:.2f}':>9} | {100 * v['fraction_of_peak']:9.1f}")
+          f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens; TRL {versions}\n"
+          f"GAE sides: batch 8, response 32, LoRA r=8 q/v; critic-free sides: {match['batch']} prompts x "
+          f"{match['samples']} samples, response {match['max_new_tokens']}, T {match['temperature']}, LoRA r="
+          f"{match['lora_r']} {'/'.join(match['lora_target_modules'])}")
+    print_table(rows, peak)
     if args.json:
         args.json.write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "load_average": load[0],
-                                         "prompt_tokens": prompt_len, "rows": rows}, indent=2))
+                                         "threads": torch.get_num_threads(), "trl_versions": versions,
+                                         "prompt_tokens": prompt_len, "critic_free_knobs": match, "rows": rows},
+                                        indent=2))
 
 
 if __name__ == "__main__":

@@ -101,8 +101,19 @@ class PPOConfig:
     checkpoint_every: int = knob(10, "Checkpoint every N updates (and at the end); a rerun resumes from the last.",
                                  ge=1)
     keep_checkpoints: int = knob(2, "Checkpoints kept on disk.", ge=1)
-    rollout_engine: Literal["hf", "vllm"] = knob("hf", "hf (transformers generate, KV cache) or vllm (LoRA "
-                                                       "hot-loading, if installed).")
+    rollout_engine: Literal["hf", "vllm"] = knob("hf", "hf (transformers generate, KV cache) or vllm (a vLLM server "
+                                                       "from its own venv; each update's adapter hot-loaded under a "
+                                                       "new LoRA name; rollout/logprob_abs_diff = mean |log p vLLM - "
+                                                       "log p trainer| per token).")
+    vllm_python: str | None = knob(None, "vllm: python of the vLLM venv that runs its server (never imported by the "
+                                         "trainer); None = $FLYWHEEL_VLLM_PYTHON, else .venv-vllm/bin/python of "
+                                         "the checkout (`make vllm-env`, VLLM_FLAVOR=gpu on a GPU).")
+    vllm_gpu_memory_utilization: float = knob(0.3, "vllm on a GPU: share of the GPU's memory the server takes "
+                                                   "(weights + KV cache); the trainer uses the rest. Unused on CPU.",
+                                              gt=0, le=1)
+    vllm_startup_timeout_s: float = knob(600.0, "vllm: seconds the server may take to become healthy (~1 min on "
+                                                "2 CPU cores).", gt=0)
+    vllm_extra_args: list[str] = knob([], "vllm: more server flags, e.g. ['--enforce-eager'].")
     progress: bool = knob(True, "Rich progress bar on rank 0 (runtime only, not a YAML key).")
 
     def __post_init__(self):

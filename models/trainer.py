@@ -25,7 +25,7 @@ import random
 import resource
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,13 +174,18 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
-        if config.rollout_engine == "vllm":
-            from models.rollout import VLLMRolloutEngine
-            self.engine = VLLMRolloutEngine(self.ac, self.tokenizer, str(base), config.max_prompt_len)
-        elif config.rollout_engine == "hf":
-            self.engine = HFRolloutEngine(self.ac, self.tokenizer, config.max_prompt_len)
-        else:
+        if config.rollout_engine not in ("hf", "vllm"):
             raise ValueError(f"rollout_engine: expected 'hf' or 'vllm', got {config.rollout_engine!r}")
+        if config.rollout_engine == "vllm" and prompts is not None:  # a server from its own venv, stopped by close()
+            from models.vllm_engine import VLLMRolloutEngine
+            on_gpu = next(self.ac.parameters()).device.type == "cuda"
+            self.engine = VLLMRolloutEngine(
+                self.ac, self.tokenizer, base, self.out / f"vllm-rank{self.rank}", max_prompt_len=config.max_prompt_len,
+                max_new_tokens=config.max_new_tokens, python=config.vllm_python, dtype=dtype,
+                gpu_memory_utilization=config.vllm_gpu_memory_utilization if on_gpu else None,
+                extra_args=config.vllm_extra_args, startup_timeout_s=config.vllm_startup_timeout_s)
+        else:  # hf; a learn-only trainer (prompts=None) never samples, so it starts no server
+            self.engine = HFRolloutEngine(self.ac, self.tokenizer, config.max_prompt_len)
         self.step, self.history = 0, []
         torch.manual_seed(config.seed + 1 + self.rank)  # sampling differs across ranks
         random.seed(config.seed + self.rank)
@@ -210,10 +215,23 @@ class PPOTrainer:
         if len(raw_scores) != len(prompts):
             raise ValueError(f"reward_fn returned {len(raw_scores)} scores for {len(prompts)} completions")
         return self.learn(rollout.input_ids, rollout.attention_mask, rollout.response_mask, raw_scores,
-                          rollout.has_eos, generate_s=t_gen, started=t0)
+                          rollout.has_eos, generate_s=t_gen, started=t0, rollout_logprobs=rollout.logprobs)
+
+    def close(self) -> None:
+        """Stop the rollout engine's server, if it has one (vLLM); idempotent."""
+        if hasattr(self.engine, "close"):
+            self.engine.close()
+
+    @contextmanager
+    def _closed_on_error(self):
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def learn(self, input_ids: Tensor, attention_mask: Tensor, mask: Tensor, raw_scores: Tensor, ended: Tensor,
-              generate_s: float = 0.0, started: float | None = None) -> dict:
+              generate_s: float = 0.0, started: float | None = None, rollout_logprobs: Tensor | None = None) -> dict:
         """One update on a rollout batch sampled by the current policy; returns the update's metrics.
 
         input_ids, attention_mask: (B, L), every row's sampled tokens within its last R positions; mask: (B, R)
@@ -222,6 +240,8 @@ class PPOTrainer:
         per row; ended: (B,) bool, the row ended properly (EOS / a terminal state), else ``missing_eos_penalty``
         applies. Rows are grouped by prompt (or task), ``samples_per_prompt`` consecutive rows each.
         ``generate_s`` / ``started``: sampling seconds and the update's start (``perf_counter``), for the timings.
+        ``rollout_logprobs``: (B, R) the sampler's own log-probs of the response tokens (vLLM), compared with the
+        trainer's: ``rollout/logprob_abs_diff`` (mean |Δ log p| per response token), ``rollout/logprob_max_abs_diff``.
         """
         cfg, ac = self.cfg, self.ac
         t0 = time.perf_counter() if started is None else started
@@ -263,6 +283,10 @@ class PPOTrainer:
             "charts/lr": self.scheduler.get_last_lr()[0], "charts/tokens_per_s": float(mask.sum()) * self.world / dt,
             "charts/step_time_s": dt, "charts/generate_time_s": generate_s, "charts/peak_rss_mb": _peak_rss_mb(),
         }
+        if rollout_logprobs is not None:  # the sampler's log-probs against the trainer's, same tokens
+            gap = (old_logprobs - rollout_logprobs.to(old_logprobs.device)).abs() * mask  # (B, R)
+            metrics |= {"rollout/logprob_abs_diff": float(gap.sum() / mask.sum().clamp(min=1)),
+                        "rollout/logprob_max_abs_diff": float(gap.max())}
         if ac.with_value:
             metrics |= {"losses/value_loss": float(np.mean(stats["v_loss"])),
                         "val/clipfrac": float(np.mean(stats["vf_clipfrac"])),
@@ -356,7 +380,7 @@ class PPOTrainer:
             if self.logger is not None and self.step == 0:
                 self.logger({f"config/{k}": v for k, v in asdict(cfg).items() if isinstance(v, (int, float))}, 0)
         bar = _progress(cfg.progress and self.rank == 0, cfg.steps, self.step)
-        with bar:
+        with bar, self._closed_on_error():
             while self.step < cfg.steps:
                 metrics = self.train_step()
                 self.history.append(metrics)
@@ -416,4 +440,7 @@ def train_ppo(config: PPOConfig, base: str | Path, prompts: list[list[dict]], re
     exists (``resume=True``)."""
     trainer = PPOTrainer(config, base, prompts, reward_fn, out_dir, init_adapter=init_adapter,
                          reward_model_dir=reward_model_dir, logger=logger, dtype=dtype, device=device)
-    return trainer.train(resume=resume, on_step_end=on_step_end)
+    try:
+        return trainer.train(resume=resume, on_step_end=on_step_end)
+    finally:
+        trainer.close()  # the vLLM server, also when the run fails
