@@ -6,7 +6,9 @@
 Every scenario runs in a fresh subprocess so its peak RSS (ru_maxrss) is its own. "ingest s" is observe start to
 validate end (imports excluded; they are shown apart). The peer is the obvious baseline: stdlib ``json.loads`` per
 line, ``pandas.json_normalize``, Parquet write, no validation at all (on ``--peer-rows`` rows, rate compared).
-Goal (issue 2): >= 250,000 rows/s end-to-end for local JSONL, <= 2 GB peak RSS, 1M rows, 2-core machine.
+``--parse-paths native,msgspec`` compares the JSONL parse paths; ``--sizes 100000,5000000`` adds local runs at other
+sizes (time and peak RSS per row should stay flat).
+Goal (issue 14): >= 250,000 rows/s end-to-end for local JSONL, <= 2 GB peak RSS, 1M rows, 2-core machine.
 """
 from __future__ import annotations
 
@@ -103,16 +105,19 @@ def _scenario(args) -> dict:
 
 
 def run_scenario(name: str, source: str, state: Path, endpoint: str | None, peer_rows: int,
-                 parse_workers: int = 1) -> dict:
+                 parse_workers: int = 1, parse_path: str = "native") -> dict:
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     cmd = [sys.executable, __file__, "--worker", name, "--source", source, "--state", str(state),
            "--peer-rows", str(peer_rows), "--parse-workers", str(parse_workers)] + (
                ["--endpoint", endpoint] if endpoint else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "AWS_ACCESS_KEY_ID": "x",
-                         "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
+                         "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+                         "FLYWHEEL_PARSE_PATH": parse_path})
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["scenario"] = name if parse_workers == 1 else f"{name}-{parse_workers}p"
+    result["scenario"] = (name if parse_workers == 1 else f"{name}-{parse_workers}p") + (
+        "" if parse_path == "native" else f"-{parse_path}")
+    result["parse_path"] = parse_path
     result["rows_per_s"] = round(result["rows"] / result["ingest_s"])
     result["rows_per_cpu_s"] = round(result["rows"] / max(result["cpu_s"], 1e-9))   # load-independent
     return result
@@ -149,6 +154,10 @@ def upload(endpoint: str, data: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--sizes", default="", help="Also run local (native path) at these row counts, e.g. "
+                    "100000,5000000: rows/s and peak RSS per row must stay flat.")
+    ap.add_argument("--parse-paths", default="native", help="Local runs with these parse paths (comma-separated: "
+                    "native = Arrow's JSON reader, msgspec = the per-line msgspec fast path, exact = orjson per line)")
     ap.add_argument("--defect-rate", type=float, default=0.05)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "flywheel-bench-ingest")
     ap.add_argument("--peer-rows", type=int, default=200_000)
@@ -170,7 +179,9 @@ def main() -> None:
     generate(args.data / "logs", args.rows, args.defect_rate)
     print(f"data: {args.rows} rows ({args.defect_rate:.0%} defects) in {args.data / 'logs'} "
           f"({time.perf_counter() - t0:.0f} s to generate or reuse)", flush=True)
-    results = [run_scenario("local", str(args.data / "logs"), args.data / "state-local", None, args.peer_rows)]
+    paths = args.parse_paths.split(",")
+    results = [run_scenario("local", str(args.data / "logs"), args.data / "state-local", None, args.peer_rows,
+                            parse_path=path) for path in paths]
     if args.parse_workers > 1:
         results.append(run_scenario("local", str(args.data / "logs"), args.data / "state-local", None,
                                     args.peer_rows, args.parse_workers))
@@ -188,17 +199,26 @@ def main() -> None:
     if not args.skip_peer:
         results.append(run_scenario("peer", str(args.data / "logs"), args.data / "state-peer", None, args.peer_rows))
 
+    for size in [int(x) for x in args.sizes.split(",") if x]:
+        folder = args.data.with_name(f"{args.data.name}-{size}")
+        generate(folder / "logs", size, args.defect_rate)
+        results.append({**run_scenario("local", str(folder / "logs"), folder / "state", None, args.peer_rows),
+                        "scenario": f"local-{size // 1000}k"})
+        shutil.rmtree(folder / "state", ignore_errors=True)
+    for r in results:
+        r["rss_bytes_per_row"] = round((r["peak_rss_mb"] or 0) * 2**20 / max(r["rows"], 1))
+        r["us_per_row"] = round(r["ingest_s"] / max(r["rows"], 1) * 1e6, 2)
     phases = list(results[0]["phases"])
-    head = (f"{'scenario':10}{'rows':>10}{'ingest s':>10}{'rows/s':>10}{'cpu s':>8}{'rows/cpu-s':>11}{'peak MB':>9}"
-            f"{'imports s':>10}")
+    head = (f"{'scenario':16}{'rows':>10}{'ingest s':>10}{'rows/s':>10}{'cpu s':>8}{'rows/cpu-s':>11}{'peak MB':>9}"
+            f"{'B/row':>7}{'imports s':>10}")
     print(head)
     for r in results:
-        print(f"{r['scenario']:10}{r['rows']:>10}{r['ingest_s']:>10.2f}{r['rows_per_s']:>10}{r['cpu_s']:>8.1f}"
-              f"{r['rows_per_cpu_s']:>11}{r['peak_rss_mb'] or 0:>9}{r['imports_s']:>10.2f}")
+        print(f"{r['scenario']:16}{r['rows']:>10}{r['ingest_s']:>10.2f}{r['rows_per_s']:>10}{r['cpu_s']:>8.1f}"
+              f"{r['rows_per_cpu_s']:>11}{r['peak_rss_mb'] or 0:>9}{r['rss_bytes_per_row']:>7}{r['imports_s']:>10.2f}")
     ours = [r for r in results if r["scenario"] != "peer"]
-    print(f"\n{'phase seconds':22}" + "".join(f"{r['scenario']:>10}" for r in ours))
+    print(f"\n{'phase seconds':22}" + "".join(f"{r['scenario']:>16}" for r in ours))
     for p in phases:
-        print(f"{p:22}" + "".join(f"{r['phases'].get(p, 0):>10.2f}" for r in ours))
+        print(f"{p:22}" + "".join(f"{r['phases'].get(p, 0):>16.2f}" for r in ours))
     local = results[0]
     peer = next((r for r in results if r["scenario"] == "peer"), None)
     figures = {"rows": args.rows, "defect_rate": args.defect_rate, "cpu_count": os.cpu_count(),

@@ -22,6 +22,7 @@ right after that stage's result is persisted, so a test can SIGKILL it exactly a
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -125,6 +126,48 @@ def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> 
     return result
 
 
+def run_parts(night: Night, name: str, task: Any, count: int, *args: Any) -> list[Any]:
+    """``task(*args, index)`` for every index < ``count``, as stage ``name`` (task runs ``<name>-<day>-<index>``).
+
+    Under a distributed task runner (Dask, Ray: ``flow.with_options(task_runner=...)``) the calls are mapped, all
+    at once, onto its workers; under the default thread runner they run one after the other, so memory holds one
+    part at a time. Each call's result persists with a cache key of its inputs, as ``run_stage``'s.
+    """
+    from prefect.context import get_run_context
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect.utilities.annotations import unmapped
+
+    source = task_source_digest(task)
+
+    def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
+        return f"{name}-{night.day}-{digest(night.config_digest, source, params)}"
+
+    configured = task.with_options(task_run_name=f"{name}-{night.day}-{{index}}", persist_result=True,
+                                   result_storage=night.storage, cache_key_fn=cache_key, refresh_cache=night.refresh)
+    inner: list[float] = []
+    configured.fn = _timed(configured.fn, inner)  # only calls in this process are counted (0 on remote workers)
+    t0 = time.perf_counter()
+    try:
+        if isinstance(get_run_context().task_runner, ThreadPoolTaskRunner):
+            states = [configured(*args, k, return_state=True) for k in range(count)]
+            results = [state.result(raise_on_failure=True) for state in states]
+        else:
+            futures = configured.map(*[unmapped(a) for a in args], list(range(count)))
+            results = futures.result()
+            states = [f.state for f in futures]
+    except StageFailed:
+        raise
+    except Exception as e:
+        raise StageFailed(name, f"{type(e).__name__}: {e}") from e
+    finally:
+        night.seconds[name] = round(time.perf_counter() - t0, 3)
+    night.cached[name] = bool(states) and all(getattr(state, "name", "") == "Cached" for state in states)
+    night.run_seconds[name] = round(sum(inner), 3)
+    if os.environ.get(STOP_AFTER_ENV) == name:  # test hook (module docstring)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return results
+
+
 def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
     """``fn`` that records how long its body ran (the stage's own work, without Prefect's engine around it)."""
     import functools
@@ -186,6 +229,25 @@ def committed_observation(night: Night, observation: Any, flow: str = "nightly",
         log(f"night {night.day}: an earlier run committed snapshot {saved.snapshot_hash} ({saved.rows} rows; {path});"
             f" resuming with it (observe now says: {observation.message})")
     return saved
+
+
+def night_of(day: str | None, timezone: str) -> str:
+    """The night's date (YYYY-MM-DD): ``day`` if given (validated), else today in the schedule's timezone."""
+    if day:
+        try:
+            return dt.date.fromisoformat(day).isoformat()
+        except ValueError:
+            raise StageFailed("flow", f"day: expected YYYY-MM-DD, got {day!r}") from None
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(timezone)).date().isoformat()
+
+
+def load_flow_config(config_path: str | None, overrides: dict[str, Any] | None) -> Any:
+    """The flow's FlywheelConfig (errors name the key path, as StageFailed("config", ...))."""
+    from flywheel.config import load_config
+
+    return run_glue("config", load_config, config_path or None, overrides or {})
 
 
 def run_glue(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

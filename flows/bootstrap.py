@@ -8,11 +8,21 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows._stage import Night, StageFailed, committed_observation, digest, remember_observation, run_glue, run_stage
-from flows.continuous_improvement import load_flow_config, night_of
+from flows._stage import (
+    Night,
+    StageFailed,
+    committed_observation,
+    digest,
+    load_flow_config,
+    night_of,
+    remember_observation,
+    run_glue,
+    run_stage,
+)
+from flows.ingest import observe_night
 from flywheel.base_model import resolve_base
 from tasks.bootstrap import build_base_model, existing_champion, register_champion, sft_warm_start
-from tasks.observe import commit_observed, observe_logs
+from tasks.observe import commit_observed
 from tasks.validate import validate_snapshot
 
 __all__ = ["BootstrapRecord", "bootstrap_champion"]
@@ -55,7 +65,7 @@ def bootstrap_champion(config_path: str | None = None, day: str | None = None,
         return BootstrapRecord(day=night.day, status="existing",
                                base_model=str(resolve_base(cfg.model.base, cfg.state)),
                                adapter_uri=existing[1], champion_version=str(existing[0]))
-    observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
+    observation = observe_night(night, cfg)
     observation = committed_observation(night, observation, "bootstrap", log=log.warning)  # flows/_stage.py
     if not observation.new_data:
         raise StageFailed("observe", f"no logs to bootstrap from in {cfg.source.uri}: {observation.message}")

@@ -22,17 +22,20 @@ from flows._stage import (
     StageFailed,
     committed_observation,
     digest,
+    load_flow_config,
+    night_of,
     remember_observation,
     run_glue,
     run_stage,
 )
-from flywheel.config import FlywheelConfig, load_config
+from flows.ingest import observe_night
+from flywheel.config import FlywheelConfig
 from flywheel.gateway.decisions import CanarySummary, canary_summary, summary_lines, table_rows
 from flywheel.nightlock import night_lock
 from flywheel.records import Candidate, Deployment, Evaluation, Release
 from tasks.deploy import deploy_champion
 from tasks.evaluate import evaluate_candidate
-from tasks.observe import commit_observed, observe_logs
+from tasks.observe import commit_observed
 from tasks.promote import promote_candidate
 from tasks.score import score_snapshot
 from tasks.train import train_candidate
@@ -77,27 +80,11 @@ class NightRecord(BaseModel):
     cached: dict[str, bool] = Field(default_factory=dict)
 
 
-def night_of(day: str | None, timezone: str) -> str:
-    """The night's date (YYYY-MM-DD): ``day`` if given (validated), else today in the schedule's timezone."""
-    if day:
-        try:
-            return dt.date.fromisoformat(day).isoformat()
-        except ValueError:
-            raise StageFailed("flow", f"day: expected YYYY-MM-DD, got {day!r}") from None
-    from zoneinfo import ZoneInfo
-
-    return dt.datetime.now(ZoneInfo(timezone)).date().isoformat()
-
-
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
     params = flow_run.parameters or {}
     return f"nightly-{params.get('day') or dt.date.today().isoformat()}"
-
-
-def load_flow_config(config_path: str | None, overrides: dict[str, Any] | None) -> FlywheelConfig:
-    return run_glue("config", load_config, config_path or None, overrides or {})
 
 
 @flow(name="continuous-improvement", flow_run_name=_run_name, log_prints=True, persist_result=False)
@@ -117,7 +104,7 @@ def run_night(night: Night, cfg: FlywheelConfig) -> NightRecord:
     """The stages of one night, under its lock."""
     log = get_run_logger()
     night.ensure_storage()
-    observation = run_stage(night, "observe", observe_logs, cfg.source, str(cfg.state))
+    observation = observe_night(night, cfg)  # in parts: spread over workers by a Dask/Ray task runner
     observation = committed_observation(night, observation, log=log.warning)  # a rerun after commit: flows/_stage.py
     if not observation.new_data:
         record = NightRecord(day=night.day, status="skipped", reason=f"no new logs: {observation.message}")

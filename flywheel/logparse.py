@@ -6,10 +6,14 @@ Every non-blank line becomes one row; lines that are not a JSON object keep thei
 with their source object and line before Great Expectations sees anything. A UTF-8 byte-order mark at the start of a
 line (a file's first line, or files concatenated) is dropped, not taken for a defect. ``flywheel.logformats`` turns an
 object's bytes into UTF-8 JSONL text (gzip, UTF-16/32) or a Parquet table; ``flywheel.logfields`` checks the chat.
+
+JSONL takes the native path by default (``flywheel.logparse_native``: Arrow's JSON reader behind a msgspec screen);
+the lines it refuses, and every line with ``FAST_PATH = False``, take the exact per-line path below.
 """
 from __future__ import annotations
 
 import gc
+import os
 from operator import attrgetter
 
 import msgspec
@@ -18,22 +22,11 @@ import pyarrow as pa
 
 from flywheel.logfields import MAX_NESTING, chat_facts, too_deep
 from flywheel.logformats import UTF8_BOM, jsonl_bytes, read_parquet
-from flywheel.logparse_arrays import timestamps, utf8_array
+from flywheel.logparse_arrays import RAW_SCHEMA, timestamps, utf8_array
+from flywheel.logparse_native import native_tables
 
-# Raw snapshot = schema.SNAPSHOT_COLUMNS + internal "_" columns that validate reads and drops:
-#   _errors  "|"-joined parse-level reasons (malformed_json, invalid_utf8, not_an_object, type:<field>, ...) or null
-#   _raw     the original line for rows with parse-level errors (the rest are rebuilt from their columns)
-#   _decoded the line decoded to a JSON object (False rows never reach Great Expectations)
-#   _n_messages, _max_content_chars, _roles  facts about `messages` the contract checks
-RAW_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("dt", pa.string()),
-    ("task", pa.string()), ("model_version", pa.string()), ("messages", pa.string()), ("completion", pa.string()),
-    ("thumbs", pa.int64()), ("resolved", pa.bool_()), ("escalated", pa.bool_()), ("edited", pa.bool_()),
-    ("comment", pa.string()), ("latency_ms", pa.int64()), ("metadata", pa.string()),
-    ("source_object", pa.string()), ("source_line", pa.int64()),
-    ("_errors", pa.string()), ("_raw", pa.string()), ("_decoded", pa.bool_()),
-    ("_n_messages", pa.int64()), ("_max_content_chars", pa.int64()), ("_roles", pa.string()),
-])
+__all__ = ["RAW_SCHEMA", "parse_jsonl", "parse_object", "parse_records"]
+
 _STR_FIELDS = ("request_id", "task", "model_version", "completion")
 _BOOL_FIELDS = ("resolved", "escalated", "edited")
 
@@ -224,7 +217,11 @@ class _Row(msgspec.Struct):
     metadata: msgspec.Raw = msgspec.Raw(b"null")
 
 
-FAST_PATH = True   # False: every line takes the per-line path (the tests prove both give the same rows)
+# Which path parses JSONL (the tests prove every path gives the same rows); $FLYWHEEL_PARSE_PATH sets it for
+# worker processes too: "native" (Arrow's JSON reader, flywheel.logparse_native), "msgspec" or "exact" (per line).
+_PATH = os.environ.get("FLYWHEEL_PARSE_PATH", "native")
+FAST_PATH = _PATH != "exact"     # False: every line takes the per-line path
+NATIVE_PATH = _PATH == "native"  # with FAST_PATH: Arrow's JSON reader; False: the msgspec fast path
 _ROW = msgspec.json.Decoder(_Row)
 _MSGS = msgspec.json.Decoder(list[_Msg] | None)
 _FAST_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
@@ -237,6 +234,8 @@ def parse_jsonl(data: bytes, key: str, dt: str) -> pa.Table:
     Phase 1 decodes the common well-typed line with msgspec (C); phase 2 builds columns with comprehensions;
     every other line takes the per-line path (orjson + per-field checks that name each problem).
     """
+    if FAST_PATH and NATIVE_PATH:
+        return _parse_native(data, key, dt)
     gc_was = gc.isenabled()
     gc.disable()   # millions of fresh containers: the cyclic GC would rescan them again and again
     try:
@@ -250,6 +249,15 @@ def parse_jsonl(data: bytes, key: str, dt: str) -> pa.Table:
     finally:
         if gc_was:
             gc.enable()
+
+
+def _parse_native(data: bytes, key: str, dt: str) -> pa.Table:
+    """Arrow's reader for the common line, the per-line path for every line it refuses (same rows, same reasons)."""
+    tables, per_line = native_tables(data, key, dt)
+    columns = _RawColumns(key, dt)
+    _add_per_line(columns, [(line, raw) for line, raw in per_line if not raw.isspace()])
+    tables.append(columns.table())
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def _decode_fast(data: bytes) -> tuple[list[tuple], list[tuple[int, bytes]]]:

@@ -1,4 +1,4 @@
-"""Arrow arrays of the raw snapshot that ``flywheel.logparse`` builds in bulk: timestamps and UTF-8 strings."""
+"""The raw snapshot's schema, and the Arrow arrays ``flywheel.logparse`` builds in bulk: timestamps, UTF-8 strings."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +7,20 @@ import pyarrow.compute as pc
 
 # The common timestamp shape, years 1900-2099 (well inside pandas' range): parsed by Arrow's strptime. Any other
 # string (offsets, fractions, dates only, odd years) goes through pandas' ISO 8601 parser, as before.
+# Raw snapshot = schema.SNAPSHOT_COLUMNS + internal "_" columns that validate reads and drops:
+#   _errors  "|"-joined parse-level reasons (malformed_json, invalid_utf8, not_an_object, type:<field>, ...) or null
+#   _raw     the original line for rows with parse-level errors (the rest are rebuilt from their columns)
+#   _decoded the line decoded to a JSON object (False rows never reach Great Expectations)
+#   _n_messages, _max_content_chars, _roles  facts about `messages` the contract checks
+RAW_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("dt", pa.string()),
+    ("task", pa.string()), ("model_version", pa.string()), ("messages", pa.string()), ("completion", pa.string()),
+    ("thumbs", pa.int64()), ("resolved", pa.bool_()), ("escalated", pa.bool_()), ("edited", pa.bool_()),
+    ("comment", pa.string()), ("latency_ms", pa.int64()), ("metadata", pa.string()),
+    ("source_object", pa.string()), ("source_line", pa.int64()),
+    ("_errors", pa.string()), ("_raw", pa.string()), ("_decoded", pa.bool_()),
+    ("_n_messages", pa.int64()), ("_max_content_chars", pa.int64()), ("_roles", pa.string()),
+])
 _PLAIN_TS = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 _TS_TYPE = pa.timestamp("us", tz="UTC")
 _TS_FIELDS = (("year", 0), ("month", 5), ("day", 8), ("hour", 11), ("minute", 14), ("second", 17))
@@ -15,12 +29,12 @@ _TS_FIELDS = (("year", 0), ("month", 5), ("day", 8), ("hour", 11), ("minute", 14
 _ZONED = r"[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?\s*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
 
 
-def timestamps(values: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def timestamps(values: list | pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """ISO 8601 strings (None = missing) -> timestamp[us, UTC], the rows whose string is not a timestamp, and the
     rows whose timestamp has no zone (read as UTC, to be quarantined as ``timezone:timestamp``)."""
     import pandas as pd
 
-    strings = pa.array(values, pa.string())
+    strings = values.cast(pa.string()) if isinstance(values, pa.Array) else pa.array(values, pa.string())
     plain = pc.fill_null(pc.match_substring_regex(strings, _PLAIN_TS), False)
     candidates = pc.if_else(plain, strings, "2000-01-01T00:00:00Z")
     fast = pc.strptime(candidates, format="%Y-%m-%dT%H:%M:%SZ", unit="us", error_is_null=True)

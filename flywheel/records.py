@@ -33,6 +33,8 @@ class Observation(BaseModel):
     object_quarantine_uri: str | None = None
     manifest_pending_uri: str | None = None
     seconds: dict[str, float] = {}  # phase -> seconds: list, read (waiting for downloads), parse, write
+    parts: int = 0  # the parts the objects were read in (one task each in the flows)
+    part_workers: int = 0  # distinct (host, process) that read them: > 1 under a Dask or Ray task runner
     feedback_events: int = 0  # new delayed-feedback events folded into the feedback table (flywheel.feedback)
     feedback_quarantined: int = 0  # feedback lines that were not valid events
     feedback_table_uri: str | None = None

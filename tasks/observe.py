@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import os
+import socket
 import time
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
@@ -35,7 +36,6 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from filelock import FileLock
 from prefect import task
 from prefect.tasks import exponential_backoff
 
@@ -43,6 +43,7 @@ from flywheel.config.data import SourceConfig
 from flywheel.feedback import FeedbackObservation, observe_feedback
 from flywheel.logformats import UnreadableObject
 from flywheel.logparse import RAW_SCHEMA, parse_object
+from flywheel.manifest import commit_manifest, load_manifest, manifest_path, write_atomic
 from flywheel.quarantine import FILE_MODE, raw_dir, write_private
 from flywheel.records import Observation
 from flywheel.retries import retry_on_transient_io
@@ -59,44 +60,7 @@ from flywheel.sources import (
 # Parquet dictionary encoding only where values repeat: trying it on messages/completions costs time, saves nothing.
 DICTIONARY_COLUMNS = ["dt", "task", "model_version", "source_object", "_errors", "_roles"]
 ROW_GROUP_ROWS = 128 * 1024
-
-
-# ---------------------------------------------------------------- manifest
-
-
-def manifest_path(state_dir: str | Path, source_uri: str) -> Path:
-    """The manifest file of ``source_uri`` under ``state_dir`` (one per source)."""
-    digest = hashlib.sha256(source_uri.rstrip("/").encode()).hexdigest()[:16]
-    return Path(state_dir) / "manifest" / f"{digest}.json"
-
-
-def load_manifest(path: Path) -> dict:
-    """``{"source": uri, "objects": {key: {"etag", "size", "dt", "status", ...}}}``; empty when never written."""
-    if not path.exists():
-        return {"source": None, "objects": {}}
-    return orjson.loads(path.read_bytes())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def commit_manifest(observation: Observation, state_dir: str | Path) -> int:
-    """Merge the objects of ``observation`` into the source's manifest; returns how many entries it added or updated."""
-    if not observation.manifest_pending_uri or not Path(observation.manifest_pending_uri).exists():
-        return 0
-    path = manifest_path(state_dir, observation.source_uri)
-    with FileLock(str(path) + ".lock", timeout=600):
-        manifest = load_manifest(path)
-        manifest["source"] = observation.source_uri
-        pending = orjson.loads(Path(observation.manifest_pending_uri).read_bytes())
-        manifest["objects"].update(pending)
-        _write_atomic(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        Path(observation.manifest_pending_uri).unlink()
-    return len(pending)
+READ_AHEAD_BYTES = 256 << 20  # bytes fetched ahead at most (listed sizes; at least one object per worker)
 
 
 # ---------------------------------------------------------------- observe
@@ -206,13 +170,15 @@ def _read_objects(source: SourceConfig, reader: LogSource, wanted: list[tuple[Ob
                   progress: bool) -> tuple[_ReadTally, float, bool]:
     """Write the rows of ``wanted`` to ``snapshot``; returns the tally, loop seconds, and whether processes parsed.
 
-    Objects are fetched (and, in worker processes, parsed) ahead, at most ``window`` at once, and appended in key
-    order: the snapshot is deterministic and memory stays bounded.
+    Objects are fetched (and, in worker processes, parsed) ahead, at most ``window`` at once and about
+    ``READ_AHEAD_BYTES`` (listed sizes), and appended in key order: the snapshot is deterministic and memory stays
+    bounded by the objects' size, not the night's.
     """
     tally = _ReadTally()
     bar = _progress(progress, len(wanted))
     executor, in_processes = _executor(source, wanted)
     window = 2 * source.parse_workers if in_processes else source.max_workers
+    floor = source.parse_workers if in_processes else 1   # objects in flight whatever their size: every worker busy
     source_json = source.model_dump_json()
 
     def submit(ref: ObjectRef, dt: str) -> cf.Future:
@@ -226,7 +192,8 @@ def _read_objects(source: SourceConfig, reader: LogSource, wanted: list[tuple[Ob
                                         use_dictionary=DICTIONARY_COLUMNS) as writer:
             todo, in_flight = deque(wanted), deque()
             while todo or in_flight:
-                while todo and len(in_flight) < window:
+                while todo and len(in_flight) < window and (len(in_flight) < floor or sum(
+                        r.size for _, r, _ in in_flight) + todo[0][0].size <= READ_AHEAD_BYTES):
                     ref, dt = todo.popleft()
                     in_flight.append((submit(ref, dt), ref, dt))
                 future, ref, dt = in_flight.popleft()
@@ -268,49 +235,150 @@ def _write_side_files(state: Path, tag: str, tally: _ReadTally) -> tuple[Path | 
     for entry in tally.pending.values():
         entry["snapshot"] = tag
     pending = state / "manifest" / f"pending-{tag}.json"
-    _write_atomic(pending, orjson.dumps(tally.pending))
+    write_atomic(pending, orjson.dumps(tally.pending))
     return object_quarantine, pending
 
 
-def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, progress: bool = False) -> Observation:
-    """Read every object of ``source`` not yet in the manifest into ``<state>/raw/<hash>.raw.parquet`` (owner-only:
-    raw rows hold PII until validate scrubs them)."""
+@dataclass
+class ObservePlan:
+    """What observe reads tonight: the new objects in parts (each one ``read_part`` call, one mapped Prefect task in
+    the flows), the objects never to read, and what listing found besides."""
+
+    source_uri: str
+    plan_id: str  # hash of the objects to read (key and version): names the part files
+    parts: list[list[tuple[ObjectRef, str]]]  # (object, its day), consecutive runs of the key order
+    unsafe: list[tuple[ObjectRef, str, str]]  # (object, day, reason): quarantined, never read
+    skipped: int
+    ignored: int
+    feedback: FeedbackObservation
+    seconds: dict[str, float]
+
+
+@dataclass
+class PartRead:
+    """One part's rows (a Parquet file of the raw schema), its tally, and where it was read."""
+
+    path: str
+    tally: _ReadTally
+    loop_seconds: float
+    in_processes: bool
+    worker: str  # host:pid of the process that read it
+
+
+def _split_parts(wanted: list[tuple[ObjectRef, str]], part_bytes: int | None) -> list[list[tuple[ObjectRef, str]]]:
+    """Consecutive runs of ``wanted`` of about ``part_bytes`` (listed sizes) each; None: one part."""
+    parts: list[list[tuple[ObjectRef, str]]] = []
+    size = 0
+    for ref, dt in wanted:
+        if not parts or (part_bytes is not None and size >= part_bytes):
+            parts.append([])
+            size = 0
+        parts[-1].append((ref, dt))
+        size += ref.size
+    return parts
+
+
+def plan_observation(source: SourceConfig, state_dir: str | Path, part_bytes: int | None = None) -> ObservePlan:
+    """Fold the delayed feedback, list ``source`` and split the objects not yet in the manifest into parts."""
     state = Path(state_dir)
     start = time.perf_counter()
     feedback = observe_feedback(source, state)  # delayed feedback, folded every night (flywheel.feedback)
-    fed = {"feedback_events": feedback.events, "feedback_quarantined": feedback.quarantined,
-           "feedback_table_uri": feedback.table_uri}
-    reader = open_source(source)
-    refs = reader.list()
-    seconds = {"list": time.perf_counter() - start}
+    refs = open_source(source).list()
     new = _new_objects(refs, load_manifest(manifest_path(state, source.uri))["objects"])
-    if not new.wanted and not new.unsafe:
-        return Observation(source_uri=source.uri, new_data=False, objects_skipped=new.skipped,
-                           objects_ignored=new.ignored, seconds=seconds, **fed,
-                           message=f"no new data in {source.uri}: {new.skipped} objects already processed, "
-                                   f"{new.ignored} ignored" + _feedback_note(feedback))
+    versions = "".join(f"{ref.key}\t{ref.etag}\n" for ref, _ in new.wanted)
+    return ObservePlan(source_uri=source.uri, plan_id=hashlib.sha256(versions.encode()).hexdigest()[:16],
+                       parts=_split_parts(new.wanted, part_bytes), unsafe=new.unsafe, skipped=new.skipped,
+                       ignored=new.ignored, feedback=feedback, seconds={"list": time.perf_counter() - start})
 
-    snapshots = raw_dir(state)
-    partial = snapshots / f".observe-{os.getpid()}-{time.time_ns()}.parquet"
+
+def read_part(source: SourceConfig, state_dir: str | Path, plan_id: str, index: int,
+              part: list[tuple[ObjectRef, str]], progress: bool = False) -> PartRead:
+    """Read and parse one part's objects into ``<state>/raw/.part-<plan>-<index>-<pid>.parquet`` (owner-only)."""
+    path = raw_dir(Path(state_dir)) / f".part-{plan_id}-{index:05d}-{os.getpid()}-{time.time_ns()}.parquet"
     try:
-        tally, loop_seconds, in_processes = _read_objects(source, reader, new.wanted, partial, progress)
+        tally, loop_seconds, in_processes = _read_objects(source, open_source(source), part, path, progress)
+        os.chmod(path, FILE_MODE)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return PartRead(path=str(path), tally=tally, loop_seconds=loop_seconds, in_processes=in_processes,
+                    worker=f"{socket.gethostname()}:{os.getpid()}")
+
+
+def _merged(reads: list[PartRead]) -> _ReadTally:
+    tally = _ReadTally()
+    for r in reads:
+        t = r.tally
+        tally.rows, tally.bytes_read, tally.empty = tally.rows + t.rows, tally.bytes_read + t.bytes_read, \
+            tally.empty + t.empty
+        tally.parse_seconds += t.parse_seconds
+        tally.write_seconds += t.write_seconds
+        tally.digests.update(t.digests)
+        tally.pending.update(t.pending)
+        tally.unreadable.extend(t.unreadable)
+    return tally
+
+
+def _concatenate(reads: list[PartRead], snapshot: Path) -> None:
+    """The parts' rows, in part order, as one file at ``snapshot`` (row group by row group: memory stays bounded).
+    A snapshot already there is the same rows (its name is the objects' content hash): a rerun after a kill."""
+    if snapshot.is_file():
+        for r in reads:
+            Path(r.path).unlink(missing_ok=True)
+        return
+    if len(reads) == 1:
+        os.replace(reads[0].path, snapshot)
+        return
+    partial = snapshot.with_name(f".observe-{os.getpid()}-{time.time_ns()}.parquet")
+    try:
+        with pq.ParquetWriter(partial, RAW_SCHEMA, compression="zstd", compression_level=1,
+                              use_dictionary=DICTIONARY_COLUMNS) as writer:
+            for r in reads:
+                part = pq.ParquetFile(r.path)
+                for group in range(part.num_row_groups):
+                    writer.write_table(part.read_row_group(group), row_group_size=ROW_GROUP_ROWS)
+        os.chmod(partial, FILE_MODE)
+        os.replace(partial, snapshot)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    for ref, dt, reason in new.unsafe:
+    for r in reads:
+        Path(r.path).unlink(missing_ok=True)
+
+
+def assemble_observation(plan: ObservePlan, reads: list[PartRead], state_dir: str | Path,
+                         commit: bool = False) -> Observation:
+    """One raw snapshot ``<state>/raw/<hash>.raw.parquet`` of the parts, in key order, and its Observation."""
+    state, feedback = Path(state_dir), plan.feedback
+    fed = {"feedback_events": feedback.events, "feedback_quarantined": feedback.quarantined,
+           "feedback_table_uri": feedback.table_uri}
+    seconds = dict(plan.seconds)
+    if not plan.parts and not plan.unsafe:
+        return Observation(source_uri=plan.source_uri, new_data=False, objects_skipped=plan.skipped,
+                           objects_ignored=plan.ignored, seconds=seconds, **fed,
+                           message=f"no new data in {plan.source_uri}: {plan.skipped} objects already processed, "
+                                   f"{plan.ignored} ignored" + _feedback_note(feedback))
+    tally = _merged(reads)
+    for ref, dt, reason in plan.unsafe:
         tally.quarantine(ref, dt, f"unreadable_object: {reason}")
     content_hash = _content_hash(tally.digests)
     tag = content_hash[:16]
-    snapshot = snapshots / f"{tag}.raw.parquet"
-    os.chmod(partial, FILE_MODE)
-    os.replace(partial, snapshot)
-    seconds.update(_phase_seconds(tally, loop_seconds, in_processes))
+    snapshot = raw_dir(state) / f"{tag}.raw.parquet"
+    if reads:
+        _concatenate(reads, snapshot)
+    else:  # every new object unsafe: an empty snapshot
+        pq.write_table(RAW_SCHEMA.empty_table(), snapshot)
+        os.chmod(snapshot, FILE_MODE)
+    for r in reads:
+        phases = _phase_seconds(r.tally, r.loop_seconds, r.in_processes)
+        seconds.update({k: seconds.get(k, 0.0) + v for k, v in phases.items()})
     object_quarantine, pending = _write_side_files(state, tag, tally)
-    partitions = sorted({dt for _, dt in new.wanted} | {dt for _, dt, _ in new.unsafe})
+    partitions = sorted({dt for part in plan.parts for _, dt in part} | {dt for _, dt, _ in plan.unsafe})
     observation = Observation(
-        source_uri=source.uri, new_data=True, snapshot_uri=str(snapshot), snapshot_hash=content_hash, rows=tally.rows,
-        objects_read=len(tally.digests), objects_quarantined=len(tally.unreadable), objects_skipped=new.skipped,
-        objects_ignored=new.ignored, bytes_read=tally.bytes_read, partitions=partitions,
+        source_uri=plan.source_uri, new_data=True, snapshot_uri=str(snapshot), snapshot_hash=content_hash,
+        rows=tally.rows, objects_read=len(tally.digests), objects_quarantined=len(tally.unreadable),
+        objects_skipped=plan.skipped, objects_ignored=plan.ignored, bytes_read=tally.bytes_read,
+        partitions=partitions, parts=len(reads), part_workers=len({r.worker for r in reads}),
         object_quarantine_uri=str(object_quarantine) if object_quarantine else None,
         manifest_pending_uri=str(pending), seconds={phase: round(s, 3) for phase, s in seconds.items()}, **fed,
         message=f"read {tally.rows} rows from {len(tally.digests)} objects in {len(partitions)} partitions"
@@ -320,6 +388,14 @@ def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, p
     if commit:
         commit_manifest(observation, state)
     return observation
+
+
+def observe(source: SourceConfig, state_dir: str | Path, commit: bool = False, progress: bool = False) -> Observation:
+    """Read every object of ``source`` not yet in the manifest into ``<state>/raw/<hash>.raw.parquet`` (owner-only:
+    raw rows hold PII until validate scrubs them), here, in one part."""
+    plan = plan_observation(source, state_dir)
+    reads = [read_part(source, state_dir, plan.plan_id, k, part, progress) for k, part in enumerate(plan.parts)]
+    return assemble_observation(plan, reads, state_dir, commit)
 
 
 def _feedback_note(feedback: FeedbackObservation) -> str:
@@ -365,6 +441,26 @@ def _progress(enabled: bool, total: int) -> _NoProgress | _ProgressBar:
 def observe_logs(source: SourceConfig, state_dir: str | Path) -> Observation:
     """Read the new log objects of ``source`` into a raw snapshot (manifest committed later by ``commit_observed``)."""
     return observe(source, state_dir, commit=False)
+
+
+@task(name="plan_observation", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient_io)
+def plan_logs(source: SourceConfig, state_dir: str | Path) -> ObservePlan:
+    """List the new log objects of ``source`` in parts of ``source.part_bytes`` (each part: one ``read_log_part``)."""
+    return plan_observation(source, state_dir, source.part_bytes)
+
+
+@task(name="read_log_part", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient_io)
+def read_log_part(source: SourceConfig, state_dir: str | Path, plan: ObservePlan, index: int) -> PartRead:
+    """Read part ``index`` of ``plan`` (on whichever worker the flow's task runner picks; the state dir is shared)."""
+    return read_part(source, state_dir, plan.plan_id, index, plan.parts[index])
+
+
+@task(name="assemble_observation")
+def assemble_logs(plan: ObservePlan, reads: list[PartRead], state_dir: str | Path) -> Observation:
+    """The parts' rows as the night's raw snapshot (manifest committed later by ``commit_observed``)."""
+    return assemble_observation(plan, reads, state_dir, commit=False)
 
 
 @task(name="commit_observed", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),

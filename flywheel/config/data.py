@@ -26,6 +26,10 @@ class SourceConfig(_Strict):
                                "when a batch is big (see parallel_min_bytes); 1 = parse in the main process.")
     parallel_min_bytes: int = Field(64 << 20, ge=0, description="Batches smaller than this (bytes listed) are "
                                     "parsed in the main process: starting worker processes costs about a second.")
+    part_bytes: int = Field(512 << 20, ge=1, description="The flows read a night's new objects in parts of "
+                            "about this many bytes (listed sizes), one Prefect task each: with a Dask or Ray task "
+                            "runner the parts are read on different workers (the state dir must be shared); with "
+                            "the default runner one after the other. `flywheel ingest` reads one part.")
     retries: int = Field(5, ge=0, le=20, description="Retries of each S3 request on a transient error (5xx, "
                          "throttling, connection reset, timeout, truncated body), with exponential backoff.")
     retry_base_seconds: float = Field(0.2, gt=0, le=60, description="Backoff before the first retry; doubled "
