@@ -95,18 +95,29 @@ class Night:
         self.storage = block
 
 
-def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call Prefect ``task`` for stage ``name`` with the night's options; raise StageFailed naming the stage."""
+def _configured(night: Night, name: str, task: Any, run_name: str) -> Any:
+    """``task`` with the night's options: run name, persisted result, a cache key of its inputs and source."""
     source = task_source_digest(task)
 
     def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
         return f"{name}-{night.day}-{digest(night.config_digest, source, params)}"
 
-    options: dict[str, Any] = dict(
-        task_run_name=f"{name}-{night.day}", persist_result=True, result_storage=night.storage,
-        cache_key_fn=cache_key, refresh_cache=night.refresh,
-    )
-    configured = task.with_options(**options)
+    return task.with_options(task_run_name=run_name, persist_result=True, result_storage=night.storage,
+                             cache_key_fn=cache_key, refresh_cache=night.refresh)
+
+
+def _finished(night: Night, name: str, states: list[Any], inner: list[float]) -> None:
+    """Record whether stage ``name`` was all cached and how long its own code ran; the test hook (module docstring)
+    freezes the process at this stage boundary."""
+    night.cached[name] = bool(states) and all(getattr(state, "name", "") == "Cached" for state in states)
+    night.run_seconds[name] = round(sum(inner), 3)
+    if os.environ.get(STOP_AFTER_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call Prefect ``task`` for stage ``name`` with the night's options; raise StageFailed naming the stage."""
+    configured = _configured(night, name, task, f"{name}-{night.day}")
     inner: list[float] = []
     configured.fn = _timed(configured.fn, inner)
     t0 = time.perf_counter()
@@ -119,10 +130,7 @@ def run_stage(night: Night, name: str, task: Any, *args: Any, **kwargs: Any) -> 
         raise StageFailed(name, f"{type(e).__name__}: {e}") from e
     finally:
         night.seconds[name] = round(time.perf_counter() - t0, 3)
-    night.cached[name] = bool(getattr(state, "name", "") == "Cached")
-    night.run_seconds[name] = round(sum(inner), 3)
-    if os.environ.get(STOP_AFTER_ENV) == name:  # test hook (module docstring): freeze at this stage boundary
-        os.kill(os.getpid(), signal.SIGSTOP)
+    _finished(night, name, [state], inner)
     return result
 
 
@@ -137,13 +145,7 @@ def run_parts(night: Night, name: str, task: Any, count: int, *args: Any) -> lis
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect.utilities.annotations import unmapped
 
-    source = task_source_digest(task)
-
-    def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
-        return f"{name}-{night.day}-{digest(night.config_digest, source, params)}"
-
-    configured = task.with_options(task_run_name=f"{name}-{night.day}-{{index}}", persist_result=True,
-                                   result_storage=night.storage, cache_key_fn=cache_key, refresh_cache=night.refresh)
+    configured = _configured(night, name, task, f"{name}-{night.day}-{{index}}")
     inner: list[float] = []
     configured.fn = _timed(configured.fn, inner)  # only calls in this process are counted (0 on remote workers)
     t0 = time.perf_counter()
@@ -161,10 +163,7 @@ def run_parts(night: Night, name: str, task: Any, count: int, *args: Any) -> lis
         raise StageFailed(name, f"{type(e).__name__}: {e}") from e
     finally:
         night.seconds[name] = round(time.perf_counter() - t0, 3)
-    night.cached[name] = bool(states) and all(getattr(state, "name", "") == "Cached" for state in states)
-    night.run_seconds[name] = round(sum(inner), 3)
-    if os.environ.get(STOP_AFTER_ENV) == name:  # test hook (module docstring)
-        os.kill(os.getpid(), signal.SIGSTOP)
+    _finished(night, name, states, inner)
     return results
 
 

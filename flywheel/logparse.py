@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from flywheel.logfields import MAX_NESTING, chat_facts, too_deep
 from flywheel.logformats import UTF8_BOM, jsonl_bytes, read_parquet
-from flywheel.logparse_arrays import RAW_SCHEMA, timestamps, utf8_array
+from flywheel.logparse_arrays import RAW_SCHEMA, Feedback, timestamps, utf8_array
 from flywheel.logparse_native import native_tables
 
 __all__ = ["RAW_SCHEMA", "parse_jsonl", "parse_object", "parse_records"]
@@ -195,14 +195,6 @@ class _Msg(msgspec.Struct):
     content: str | None = None
 
 
-class _Feedback(msgspec.Struct):
-    thumbs: int | None = None
-    resolved: bool | None = None
-    escalated: bool | None = None
-    edited: bool | None = None
-    comment: str | None = None
-
-
 class _Row(msgspec.Struct):
     """The common, well-typed line; anything else takes the slow path (orjson + per-field checks and reasons)."""
 
@@ -212,7 +204,7 @@ class _Row(msgspec.Struct):
     model_version: str | None = None
     messages: msgspec.Raw = msgspec.Raw(b"null")
     completion: str | None = None
-    feedback: _Feedback | None = None
+    feedback: Feedback | None = None
     latency_ms: int | None = None
     metadata: msgspec.Raw = msgspec.Raw(b"null")
 
@@ -330,7 +322,7 @@ def _fast_columns(columns: _RawColumns, fast: list[tuple]) -> None:
     columns.inputs.extend(raws)
     for name, values in zip(_SCALARS, zip(*map(attrgetter(*_SCALARS), rows))):
         values_of[name].extend(values)
-    no_feedback = _Feedback()
+    no_feedback = Feedback()
     feedbacks = [no_feedback if r.feedback is None else r.feedback for r in rows]
     for name, values in zip(_FEEDBACK, zip(*map(attrgetter(*_FEEDBACK), feedbacks))):
         values_of[name].extend(values)

@@ -1,6 +1,7 @@
 """The raw snapshot's schema, and the Arrow arrays ``flywheel.logparse`` builds in bulk: timestamps, UTF-8 strings."""
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +22,16 @@ RAW_SCHEMA = pa.schema([
     ("_errors", pa.string()), ("_raw", pa.string()), ("_decoded", pa.bool_()),
     ("_n_messages", pa.int64()), ("_max_content_chars", pa.int64()), ("_roles", pa.string()),
 ])
+class Feedback(msgspec.Struct):
+    """The ``feedback`` object of a log line, as both JSONL fast paths type-check it."""
+
+    thumbs: int | None = None
+    resolved: bool | None = None
+    escalated: bool | None = None
+    edited: bool | None = None
+    comment: str | None = None
+
+
 _PLAIN_TS = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 _TS_TYPE = pa.timestamp("us", tz="UTC")
 _TS_FIELDS = (("year", 0), ("month", 5), ("day", 8), ("hour", 11), ("minute", 14), ("second", 17))

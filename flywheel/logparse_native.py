@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from flywheel.logfields import MAX_NESTING
-from flywheel.logparse_arrays import RAW_SCHEMA, timestamps, utf8_array
+from flywheel.logparse_arrays import RAW_SCHEMA, Feedback, timestamps, utf8_array
 
 CHUNK_BYTES = 8 << 20       # bytes of lines parsed per Arrow call at most (memory per call stays bounded)
 MAX_RETRIES = 256           # rejected blocks per chunk before the rest of the chunk goes to the exact path
@@ -54,14 +54,6 @@ _OPEN, _CLOSE, _NEWLINE = ord("{"), ord("}"), ord("\n")
 _ABSENT = msgspec.Raw(b"")
 
 
-class _Feedback(msgspec.Struct):
-    thumbs: int | None = None
-    resolved: bool | None = None
-    escalated: bool | None = None
-    edited: bool | None = None
-    comment: str | None = None
-
-
 class _Texts(msgspec.Struct):
     """The screen: msgspec checks the scalar types (as the exact path would) and keeps two JSON texts as written."""
 
@@ -71,7 +63,7 @@ class _Texts(msgspec.Struct):
     model_version: str | None = None
     completion: str | None = None
     latency_ms: int | None = None
-    feedback: _Feedback | None = None
+    feedback: Feedback | None = None
     messages: msgspec.Raw = msgspec.Raw(b"null")
     metadata: msgspec.Raw = msgspec.Raw(b"null")
     thumbs: msgspec.Raw = _ABSENT      # flat feedback fields: such lines go to the exact path
