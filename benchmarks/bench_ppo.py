@@ -3,7 +3,8 @@
 Critic-free (the ``train`` defaults, side ``ours_rloo``) vs the latest TRL's ``RLOOTrainer`` / ``GRPOTrainer``
 (``trl_rloo``, ``trl_grpo``; ``_nogc`` = TRL's gradient checkpointing off), in ``.venv-trl-latest``: 16 prompts × 4
 samples, response 32, T 0.7, KL 0.05 against the LoRA-less base, LoRA r=8 on q/k/v/o (see ``bench_ppo_peers.py`` for
-every matched knob). ``ours_rloo_lean`` / ``ours_rloo_lean16`` add ``grad_accum: 4`` / ``16``.
+every matched knob). ``ours_rloo_lean`` / ``ours_rloo_lean16`` add ``grad_accum: 4`` / ``16``, ``ours_rloo_gc``
+``gradient_checkpointing: true``.
 
 GAE (side ``ours``) vs TRL 1.12.0's ``trl.experimental.ppo`` (``trl``; the last TRL with PPO), in ``.venv-trl``:
 batch 8, response length 32, 1 PPO epoch, 1 minibatch, a value model on both sides (ours: ``advantage="gae"`` at
@@ -44,7 +45,9 @@ import bench_ppo_peers as peers  # noqa: E402  (the critic-free sides: our defau
 
 TRL_VENV = ROOT / ".venv-trl"
 SIZES = {"tiny": None, "100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                    num_key_value_heads=12, intermediate_size=2560)}
+                                    num_key_value_heads=12, intermediate_size=2560),
+         "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                      intermediate_size=4864)}  # Qwen2.5-0.5B's blocks (random weights; for --device cuda)
 
 COMMON = textwrap.dedent("""
     import json, resource, sys, time
@@ -60,6 +63,8 @@ COMMON = textwrap.dedent("""
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def gpu_peak_mb():
+        return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 """)
 
 OURS = COMMON + textwrap.dedent("""
@@ -154,16 +159,16 @@ def build_models(work: Path, sizes: list[str], max_positions: int = 512) -> dict
     corpus = [m["content"] for _ in range(400) for m in dd.make_prompt(rng)[0]] + \
              [dd.gold_completion(i, str(rng.randint(100000, 999999))) for i in dd.INTENTS for _ in range(40)]
     out = {"tiny": build_tiny_model(work / "tiny", corpus, seed=0, max_position_embeddings=max_positions)}
-    if "100m" in sizes:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(out["tiny"])
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out["tiny"])
+    for size in [s for s in sizes if s != "tiny"]:
         torch.manual_seed(0)
         cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=max_positions, tie_word_embeddings=True,
                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                          **SIZES["100m"])
-        LlamaForCausalLM(cfg).save_pretrained(work / "100m")
-        tok.save_pretrained(work / "100m")
-        out["100m"] = work / "100m"
+                          **SIZES[size])
+        LlamaForCausalLM(cfg).save_pretrained(work / size)
+        tok.save_pretrained(work / size)
+        out[size] = work / size
     return out
 
 
@@ -187,26 +192,30 @@ def flops_per_update(facts: dict, batch: int, prompt_len: float, resp: float, si
     return gen + fwd * (3 + 2 + 3)  # policy/ref/value fwd; policy fwd+bwd(LoRA); value fwd+bwd(full)
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    """Best float32 GEMM FLOP/s of this process (default threads) on 1024² × 1024²."""
+def matmul_peak(seconds: float = 3.0, device: str = "cpu") -> float:
+    """Best float32 GEMM FLOP/s of this process (default threads) on n² × n² (n = 1024 on CPU, 8192 on a GPU)."""
     import torch
 
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    n = 1024 if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         for _ in range(4):
             a @ b
-        best = max(best, 4 * 2 * 1024 ** 3 / (time.perf_counter() - t))
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t))
     return best
 
 
 def run_side(python: Path, script: str, model: Path, prompts: Path, updates: int, work: Path,
-             extra: list[str]) -> dict:
+             extra: list[str], device: str = "cpu") -> dict:
     path = work / f"side_{abs(hash(script)) % 10**8}.py"
     path.write_text(script)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if device == "cpu":  # on a GPU machine the peers' packages may come from PYTHONPATH (carried wheels)
+        env |= {"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
     proc = subprocess.run([str(python), str(path), str(model), str(prompts), str(updates), str(ROOT), *extra],
                           capture_output=True, text=True, env=env, timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -220,14 +229,14 @@ DEFAULT_SIDES = "ours,trl,ours_rloo,trl_rloo,trl_grpo"
 
 
 def measure_side(side: str, size: str, model: Path, prompts: Path, prompt_len: float, updates: int, work: Path,
-                 pythons: dict[str, Path]) -> dict:
+                 pythons: dict[str, Path], device: str = "cpu") -> dict:
     """Run one side in its own process; s/update (mean after the first update), peak RSS and FLOP/s."""
     facts = model_facts(model)
     if peers.is_critic_free(side):
         match = peers.matched_knobs(facts["hidden"])
         python = Path(sys.executable) if side.startswith("ours_") else pythons["latest"]
         r = run_side(python, peers.script_of(side, COMMON), model, prompts, updates, work,
-                     [json.dumps(peers.side_spec(side, match))])
+                     [json.dumps(peers.side_spec(side, match, device))], device)
         flops = flops_per_update(facts, match["batch"] * match["samples"], prompt_len, match["max_new_tokens"], side)
     else:
         vl = max(1, facts["layers"] // 4) if side in ("ours_vtop", "ours_lean") else 0
@@ -239,7 +248,8 @@ def measure_side(side: str, size: str, model: Path, prompts: Path, prompt_len: f
             flops += 8 * (prompt_len + 32) * (2 * facts["matmul_params"]) * (1 + vl / facts["layers"])
     timed = r["times"][1:] or r["times"]
     s = sum(timed) / len(timed)
-    return {"s_per_update": s, "peak_rss_mb": r["peak_mb"], "flops_per_update": flops,
+    return {"s_per_update": s, "peak_rss_mb": r["peak_mb"], "gpu_peak_mb": r.get("gpu_peak_mb"),
+            "flops_per_update": flops,
             "achieved_gflops": flops / s / 1e9, "times": r["times"], "response_length": r.get("response_length"),
             **({"generate_s": r["generate_s"]} if "generate_s" in r else {})}
 
@@ -253,14 +263,15 @@ def peers_of(side: str, present: list[str]) -> list[str]:
     return [p for p in present if p == "trl"]
 
 
-def print_table(rows: list[dict], peak: float) -> None:
-    print(f"{'size':>5} | {'side':>16} | {'s/update':>8} | {'peak MB':>7} | {'% of peak':>9} | ratios (time, memory)")
+def print_table(rows: list[dict], peak: float, mem: str = "peak_rss_mb") -> None:
+    what = "GPU MB" if mem == "gpu_peak_mb" else "peak MB"
+    print(f"{'size':>5} | {'side':>16} | {'s/update':>8} | {what:>7} | {'% of peak':>9} | ratios (time, memory)")
     for r in rows:
         for side in r["sides"]:
             v = r[side]
             ratios = "  ".join(f"vs {p}: {r[f'time_ratio_{side}_vs_{p}']:.2f}, {r[f'memory_ratio_{side}_vs_{p}']:.2f}"
                                for p in peers_of(side, r["sides"]))
-            print(f"{r['size']:>5} | {side:>16} | {v['s_per_update']:8.3f} | {v['peak_rss_mb']:7.0f} | "
+            print(f"{r['size']:>5} | {side:>16} | {v['s_per_update']:8.3f} | {v[mem]:7.0f} | "
                   f"{100 * v['achieved_gflops'] * 1e9 / peak:9.1f} | {ratios}")
 
 
@@ -278,6 +289,11 @@ def main() -> None:
                          f"default: {DEFAULT_SIDES}")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per side (default: all cores; use 1 on a shared, loaded machine)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cuda: critic-free sides only; memory = peak CUDA memory allocated per side")
+    ap.add_argument("--peer-python", type=Path, default=None,
+                    help="a python that imports trl (>= 1.16) for the TRL RLOO/GRPO sides, instead of creating "
+                         ".venv-trl-latest (a GPU machine without a package index: carried wheels on PYTHONPATH)")
     args = ap.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
@@ -288,10 +304,13 @@ def main() -> None:
     unknown = [s for s in wanted if s not in GAE_SIDES and not peers.is_critic_free(s)]
     if unknown:
         ap.error(f"--sides: unknown side(s) {', '.join(unknown)}")
+    if args.device == "cuda" and any(s in GAE_SIDES for s in wanted):
+        ap.error("--device cuda: the GAE sides (TRL 1.12 PPO) run on the CPU only; pick critic-free --sides")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_ppo_"))
     work.mkdir(parents=True, exist_ok=True)
     pythons = {"1.12": ensure_trl_venv() if "trl" in wanted else None,
-               "latest": peers.ensure_trl_latest_venv() if any(s.startswith("trl_") for s in wanted) else None}
+               "latest": (args.peer_python or peers.ensure_trl_latest_venv())
+               if any(s.startswith("trl_") for s in wanted) else None}
     versions = {k: peers.trl_version(v) for k, v in pythons.items() if v is not None}
     load = os.getloadavg()
     models = build_models(work, sizes)
@@ -306,31 +325,34 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(models["tiny"])
     prompt_len = sum(len(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True)["input_ids"])
                      for c in chats) / len(chats)
-    peak = matmul_peak()
+    peak = matmul_peak(device=args.device)
+    mem = "gpu_peak_mb" if args.device == "cuda" else "peak_rss_mb"
     rows = []
     for size in sizes:
         row = {"size": size, "params_matmul": model_facts(models[size])["matmul_params"], "sides": wanted}
         for side in wanted:
             row[side] = v = measure_side(side, size, models[size], work / "prompts.json", prompt_len, args.updates,
-                                         work, pythons)
+                                         work, pythons, args.device)
             v["fraction_of_peak"] = v["achieved_gflops"] * 1e9 / peak
-            print(f"{size:>5} {side:>16}: {v['s_per_update']:7.3f} s/update  peak RSS {v['peak_rss_mb']:7.0f} MB  "
+            print(f"{size:>5} {side:>16}: {v['s_per_update']:7.3f} s/update  peak {v[mem]:7.0f} MB  "
                   f"{v['achieved_gflops']:6.1f} GFLOP/s ({100 * v['fraction_of_peak']:4.1f} % of peak)", flush=True)
         for side in wanted:
             for p in peers_of(side, wanted):
                 row[f"time_ratio_{side}_vs_{p}"] = row[side]["s_per_update"] / row[p]["s_per_update"]
-                row[f"memory_ratio_{side}_vs_{p}"] = row[side]["peak_rss_mb"] / row[p]["peak_rss_mb"]
+                row[f"memory_ratio_{side}_vs_{p}"] = row[side][mem] / row[p][mem]
         rows.append(row)
     import torch
     match = peers.matched_knobs(192)
-    print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} thread(s); load average at "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} thread(s)"
+    print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s on {where}; memory = {mem}; load average at "
           f"start {load[0]:.2f} ({os.cpu_count()} cores); mean prompt {prompt_len:.0f} tokens; TRL {versions}\n"
           f"GAE sides: batch 8, response 32, LoRA r=8 q/v; critic-free sides: {match['batch']} prompts x "
           f"{match['samples']} samples, response {match['max_new_tokens']}, T {match['temperature']}, LoRA r="
           f"{match['lora_r']} {'/'.join(match['lora_target_modules'])}")
-    print_table(rows, peak)
+    print_table(rows, peak, mem)
     if args.json:
         args.json.write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "load_average": load[0],
+                                         "device": where, "memory": mem,
                                          "threads": torch.get_num_threads(), "trl_versions": versions,
                                          "prompt_tokens": prompt_len, "critic_free_knobs": match, "rows": rows},
                                         indent=2))

@@ -26,6 +26,7 @@ TRL_LATEST_VENV = ROOT / ".venv-trl-latest"
 CRITIC_FREE_FWD = {"ours_rloo": 3, "ours_grpo": 3,  # reference fwd; policy fwd + bwd (old log-probs = detached fwd)
                    # + grad_accum 4 / 16: activations / 4 or / 16, one more no-grad fwd for the old log-probs
                    "ours_rloo_lean": 4, "ours_rloo_lean16": 4,
+                   "ours_rloo_gc": 4,  # train.gradient_checkpointing: one more policy forward in the backward
                    "trl_rloo": 5, "trl_rloo_nogc": 4,  # old-logp fwd, reference fwd, policy fwd + bwd (+ recompute)
                    "trl_grpo": 4, "trl_grpo_nogc": 3}  # reference fwd, policy fwd + bwd (+ recompute)
 
@@ -36,15 +37,15 @@ OURS_DEFAULT = textwrap.dedent("""
     spec = json.loads(sys.argv[5])
     cfg = PPOConfig(steps=updates, checkpoint_every=10**6, progress=False, **spec["ours"])
     trainer = PPOTrainer(cfg, model_dir, chats, lambda p, c: reward(c), tempfile.mkdtemp(), dtype="float32",
-                         device="cpu")
+                         device=spec["device"])
     times, lengths, gen = [], [], []
     for _ in range(updates):
         t = time.perf_counter()
         m = trainer.train_step()
         times.append(time.perf_counter() - t)
         lengths.append(m["charts/response_length"]); gen.append(m["charts/generate_time_s"])
-    print("RESULT " + json.dumps({"times": times, "peak_mb": peak_mb(), "response_length": lengths,
-                                  "generate_s": gen}))
+    print("RESULT " + json.dumps({"times": times, "peak_mb": peak_mb(), "gpu_peak_mb": gpu_peak_mb(),
+                                  "response_length": lengths, "generate_s": gen}))
 """)
 
 TRL_LATEST = textwrap.dedent("""
@@ -65,7 +66,8 @@ TRL_LATEST = textwrap.dedent("""
                   gradient_accumulation_steps=1, num_generations=m["samples"],
                   max_completion_length=m["max_new_tokens"], temperature=m["temperature"], top_p=m["top_p"],
                   top_k=0, beta=m["kl_coef"], num_iterations=1,
-                  learning_rate=m["learning_rate"], max_steps=updates, report_to="none", use_cpu=True, bf16=False,
+                  learning_rate=m["learning_rate"], max_steps=updates, report_to="none",
+                  use_cpu=spec["device"] == "cpu", bf16=False,
                   fp16=False, gradient_checkpointing=spec["gradient_checkpointing"], save_strategy="no",
                   logging_strategy="no", seed=0, disable_dropout=True, dataloader_num_workers=0)
     stamps, lengths = [time.perf_counter()], []
@@ -80,7 +82,8 @@ TRL_LATEST = textwrap.dedent("""
     stamps[0] = time.perf_counter()
     trainer.train()
     print("RESULT " + json.dumps({"times": [b - a for a, b in zip(stamps, stamps[1:])], "peak_mb": peak_mb(),
-                                  "response_length": lengths, "trl": trl.__version__}))
+                                  "gpu_peak_mb": gpu_peak_mb(), "response_length": lengths,
+                                  "trl": trl.__version__}))
 """)
 
 
@@ -95,14 +98,16 @@ def matched_knobs(hidden_size: int) -> dict:
             "learning_rate": d["learning_rate"] or default_learning_rate(hidden_size), "advantage": d["advantage"]}
 
 
-def side_spec(side: str, match: dict) -> dict:
-    """The JSON argument of one critic-free side's process."""
+def side_spec(side: str, match: dict, device: str = "cpu") -> dict:
+    """The JSON argument of one critic-free side's process (``device``: cpu or cuda, float32 either way)."""
     if side.startswith("ours_"):
-        advantage, _, lean = side.removeprefix("ours_").partition("_lean")
-        return {"ours": {"advantage": advantage} | ({"grad_accum": int(lean or 4)} if "_lean" in side else {}),
-                "match": match}
+        name = side.removeprefix("ours_").removesuffix("_gc")
+        advantage, _, lean = name.partition("_lean")
+        ours = ({"advantage": advantage} | ({"grad_accum": int(lean or 4)} if "_lean" in name else {})
+                | ({"gradient_checkpointing": True} if side.endswith("_gc") else {}))
+        return {"ours": ours, "match": match, "device": device}
     kind = side.removeprefix("trl_").removesuffix("_nogc")
-    return {"kind": kind, "gradient_checkpointing": not side.endswith("_nogc"), "match": match}
+    return {"kind": kind, "gradient_checkpointing": not side.endswith("_nogc"), "match": match, "device": device}
 
 
 def is_critic_free(side: str) -> bool:

@@ -131,11 +131,19 @@ def timed_calls(engine, batch: list, args, check=None) -> dict:
 
 
 def measure(size: str, path: Path, args, work: Path) -> dict:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     ac, tok = policy_of(path, args)
     pairs = chats(args.prompts, seed=1)
     batch = [c for c, _ in pairs for _ in range(args.samples)]
     hf = timed_calls(HFRolloutEngine(ac, tok), batch, args)
     print(f"{size:>5} hf   {hf['tokens_per_s']:8.1f} tokens/s ({hf['tokens']} tokens)", flush=True)
+    params = sum(p.numel() for p in ac.lm.parameters()) - sum(p.numel() for n, p in ac.lm.named_parameters()
+                                                             if "lora_" in n)
+    row = {"size": size, "params": params, "sequences": len(batch), "hf_tokens_per_s": hf["tokens_per_s"],
+           "hf_tokens": hf["tokens"], "gpu_peak_mb": gpu_peak_mb()}
+    if "vllm" not in args.engines:
+        return row
 
     def mismatch(rollout) -> tuple[float, float]:
         R, mask = rollout.response_ids.shape[1], rollout.response_mask
@@ -159,13 +167,14 @@ def measure(size: str, path: Path, args, work: Path) -> dict:
     diff = sum(c[0] for c in vl["checks"]) / vl["tokens"]
     print(f"{size:>5} vllm {vl['tokens_per_s']:8.1f} tokens/s ({vl['tokens']} tokens; adapter load "
           f"{adapter_s * 1000:.0f} ms/call; mean |d log p| {diff:.2e})", flush=True)
-    params = sum(p.numel() for p in ac.lm.parameters()) - sum(p.numel() for n, p in ac.lm.named_parameters()
-                                                             if "lora_" in n)
-    return {"size": size, "params": params, "sequences": len(batch), "hf_tokens_per_s": hf["tokens_per_s"],
-            "vllm_tokens_per_s": vl["tokens_per_s"], "vllm_over_hf": vl["tokens_per_s"] / hf["tokens_per_s"],
-            "hf_tokens": hf["tokens"], "vllm_tokens": vl["tokens"], "vllm_startup_s": startup,
-            "adapter_load_s": adapter_s, "logprob_abs_diff": diff,
-            "logprob_max_abs_diff": max(c[1] for c in vl["checks"])}
+    return row | {"vllm_tokens_per_s": vl["tokens_per_s"], "vllm_over_hf": vl["tokens_per_s"] / hf["tokens_per_s"],
+                  "vllm_tokens": vl["tokens"], "vllm_startup_s": startup, "adapter_load_s": adapter_s,
+                  "logprob_abs_diff": diff, "logprob_max_abs_diff": max(c[1] for c in vl["checks"])}
+
+
+def gpu_peak_mb() -> float | None:
+    """Peak CUDA memory allocated by this process so far (None on CPU)."""
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def ppo_run(size: str, path: Path, args, work: Path) -> dict:
@@ -174,11 +183,13 @@ def ppo_run(size: str, path: Path, args, work: Path) -> dict:
 
     prompts = [c for c, _ in chats(64, seed=2)]
     row = {"size": size, "steps": args.ppo_steps}
-    for engine in ("hf", "vllm"):
+    for engine in args.engines:
         cfg = PPOConfig(steps=args.ppo_steps, batch_size=args.prompts, samples_per_prompt=args.samples,
                         max_new_tokens=args.new_tokens, rollout_engine=engine, checkpoint_every=10**6,
                         progress=False, vllm_python=args.vllm_python,
                         vllm_gpu_memory_utilization=args.gpu_memory_utilization, vllm_extra_args=args.vllm_arg)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         trainer = PPOTrainer(cfg, path, prompts, reward, work / f"ppo-{size}-{engine}", dtype=args.dtype,
                              device=args.device)
@@ -190,7 +201,7 @@ def ppo_run(size: str, path: Path, args, work: Path) -> dict:
         tail = hist[1:] or hist
         row[engine] = {"setup_s": setup, "s_per_update": statistics.mean(m["charts/step_time_s"] for m in tail),
                        "generate_s": statistics.mean(m["charts/generate_time_s"] for m in tail),
-                       "reward": [round(m["objective/scores"], 3) for m in hist]}
+                       "reward": [round(m["objective/scores"], 3) for m in hist], "gpu_peak_mb": gpu_peak_mb()}
         if engine == "vllm":
             row[engine]["logprob_abs_diff"] = statistics.mean(m["rollout/logprob_abs_diff"] for m in hist)
         print(f"{size:>5} ppo {engine:>4}: {row[engine]['s_per_update']:.3f} s/update (generate "
@@ -199,6 +210,15 @@ def ppo_run(size: str, path: Path, args, work: Path) -> dict:
 
 
 def print_table(rows: list[dict], ppo: dict | None) -> None:
+    if rows and "vllm_tokens_per_s" not in rows[0]:
+        print(f"\n{'size':>5} {'params':>8} {'seqs':>5} {'HF tok/s':>9} {'GPU peak MB':>11}  (vLLM not run)")
+        for r in rows:
+            gpu = f"{r['gpu_peak_mb']:11.0f}" if r["gpu_peak_mb"] else f"{'-':>11}"
+            print(f"{r['size']:>5} {r['params'] / 1e6:7.1f}M {r['sequences']:>5} {r['hf_tokens_per_s']:9.0f} {gpu}")
+        if ppo:
+            print(f"PPO {ppo['size']} x {ppo['steps']} updates: hf {ppo['hf']['s_per_update']:.3f} s/update "
+                  f"(generate {ppo['hf']['generate_s']:.3f} s), rewards {ppo['hf']['reward']}")
+        return
     print(f"\n{'size':>5} {'params':>8} {'seqs':>5} {'HF tok/s':>9} {'vLLM tok/s':>10} {'vLLM/HF':>8} "
           f"{'adapter ms':>10} {'mean|dlogp|':>11} {'max|dlogp|':>10}")
     for r in rows:
@@ -228,11 +248,16 @@ def main() -> None:
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.3)
     ap.add_argument("--vllm-arg", action="append", default=[], help="one more server flag (repeatable), e.g. "
                                                                     "--vllm-arg=--enforce-eager")
+    ap.add_argument("--engines", default="hf,vllm", help="hf,vllm (default) or hf alone (no vLLM venv, e.g. on a "
+                                                         "GPU machine that cannot install vllm)")
     ap.add_argument("--ppo-steps", type=int, default=0, help="also time this many PPO updates per engine")
     ap.add_argument("--ppo-size", default="tiny")
     ap.add_argument("--work", type=Path, default=None, help="folder for the models (reused) and server logs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    args.engines = args.engines.split(",")
+    if "hf" not in args.engines or set(args.engines) - {"hf", "vllm"}:
+        ap.error("--engines: hf,vllm or hf")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_rollout_"))

@@ -7,9 +7,15 @@
 #      pipeline's .venv has CPU torch): HF generate vs vLLM tokens/s and the log-prob mismatch at 150M and a 0.5B-class
 #      Llama (Qwen2.5-0.5B's block shapes, random weights, built from a config), then a short PPO run (default recipe)
 #      on the 0.5B model with each rollout engine;
-#   3. prints one table (and writes $OUT_DIR/rollout.json, the logs beside it).
+#   3. runs benchmarks/bench_ppo.py --device cuda: our default (RLOO) vs TRL's RLOOTrainer / GRPOTrainer at ~100M and
+#      0.5B, time and peak CUDA memory per side (PEERS="" skips it);
+#   4. prints one table (and writes $OUT_DIR/rollout.json and ppo_peers.json, the logs beside them).
+# GPU_VENV=system: a GPU machine without a package index (vllm's wheel alone is ~230 MB): the machine's own python
+# (PYTHON, default python3, with CUDA torch + transformers), HF engine only, and wheels from WHEELS (a folder of
+# peft / accelerate / trl / datasets wheels, installed with --no-index into /tmp/gpu-check-site) when given.
 # Knobs (environment): GPU_VENV, VLLM_FLAVOR (cpu runs the same path on CPU: GPU_VENV=.venv-vllm VLLM_FLAVOR=cpu
-# SIZES=tiny PPO_SIZE=tiny), SIZES, PPO_SIZE, PPO_STEPS, DTYPE, PROMPTS, SAMPLES, NEW_TOKENS, OUT_DIR, BENCH_TIMEOUT_S.
+# SIZES=tiny PPO_SIZE=tiny PEERS=), SIZES, PPO_SIZE, PPO_STEPS, DTYPE, PROMPTS, SAMPLES, NEW_TOKENS, PEERS,
+# PEER_SIZES, PEER_UPDATES, WHEELS, OUT_DIR, BENCH_TIMEOUT_S.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +28,10 @@ DTYPE=${DTYPE:-bfloat16}
 PROMPTS=${PROMPTS:-16}
 SAMPLES=${SAMPLES:-4}
 NEW_TOKENS=${NEW_TOKENS:-128}
+PEERS=${PEERS-ours_rloo,trl_rloo,trl_grpo}
+PEER_SIZES=${PEER_SIZES:-100m,0.5b}
+PEER_UPDATES=${PEER_UPDATES:-4}
+ENGINES=hf,vllm
 OUT_DIR=${OUT_DIR:-${OUT:-bench_out/gpu_check}}  # $OUT: the folder a device run brings back
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-420}
 mkdir -p "$OUT_DIR"
@@ -32,21 +42,35 @@ if [[ "$VLLM_FLAVOR" == gpu ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"
 fi
 
-# 1. the venv (a no-op when its stamp is there)
+# 1. the venv (a no-op when its stamp is there), or the machine's own python
 t0=$(date +%s)
-if ! make vllm-env VLLM_FLAVOR="$VLLM_FLAVOR" VLLM_VENV="$GPU_VENV" >"$OUT_DIR/venv.log" 2>&1; then
+if [[ "$GPU_VENV" == system ]]; then
+  PY=${PYTHON:-python3}
+  ENGINES=hf
+  if [[ -n "${WHEELS:-}" ]]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site \
+      "$WHEELS"/*.whl >"$OUT_DIR/venv.log" 2>&1 || { tail -n 20 "$OUT_DIR/venv.log"; exit 1; }
+    export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+elif ! make vllm-env VLLM_FLAVOR="$VLLM_FLAVOR" VLLM_VENV="$GPU_VENV" >"$OUT_DIR/venv.log" 2>&1; then
   tail -n 30 "$OUT_DIR/venv.log"
-  echo "gpu_check: building $GPU_VENV failed (see $OUT_DIR/venv.log; offline? set PIP_FIND_LINKS to a wheelhouse)" >&2
+  echo "gpu_check: building $GPU_VENV failed (see $OUT_DIR/venv.log; offline? set PIP_FIND_LINKS to a wheelhouse," \
+       "or GPU_VENV=system for the HF engine alone)" >&2
   exit 1
+else
+  PY="$GPU_VENV/bin/python"
 fi
 venv_s=$(( $(date +%s) - t0 ))
-PY="$GPU_VENV/bin/python"
-"$PY" - "$VLLM_FLAVOR" <<'EOF'
-import sys
-import torch, transformers, peft, vllm
+"$PY" - "$VLLM_FLAVOR" "$ENGINES" <<'EOF'
+import importlib, sys
+import torch, transformers, peft
 gpu = torch.cuda.is_available()
-print(f"venv: vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"peft {peft.__version__}, cuda {gpu}" + (f" ({torch.cuda.get_device_name()})" if gpu else ""))
+have = {m: getattr(importlib.import_module(m), "__version__", "?") for m in ("vllm", "trl", "accelerate")
+        if importlib.util.find_spec(m)}
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"peft {peft.__version__}, {have}, cuda {gpu}" + (f" ({torch.cuda.get_device_name()})" if gpu else ""))
+if "vllm" in sys.argv[2] and "vllm" not in have:
+    sys.exit("gpu_check: no vllm in this python")
 if sys.argv[1] == "gpu" and not gpu:
     sys.exit("gpu_check: torch in the GPU venv sees no GPU")
 EOF
@@ -55,7 +79,7 @@ EOF
 t0=$(date +%s)
 FLYWHEEL_VLLM_PYTHON="$PY" timeout --kill-after=30 "$BENCH_TIMEOUT_S" "$PY" benchmarks/bench_rollout.py \
   --sizes "$SIZES" --prompts "$PROMPTS" --samples "$SAMPLES" --new-tokens "$NEW_TOKENS" --dtype "$DTYPE" \
-  --ppo-steps "$PPO_STEPS" --ppo-size "$PPO_SIZE" --vllm-python "$PY" --work "$OUT_DIR/work" \
+  --ppo-steps "$PPO_STEPS" --ppo-size "$PPO_SIZE" --vllm-python "$PY" --work "$OUT_DIR/work" --engines "$ENGINES" \
   --json "$OUT_DIR/rollout.json" >"$OUT_DIR/bench.log" 2>&1 || {
   rc=$?
   tail -n 40 "$OUT_DIR/bench.log"
@@ -67,24 +91,14 @@ FLYWHEEL_VLLM_PYTHON="$PY" timeout --kill-after=30 "$BENCH_TIMEOUT_S" "$PY" benc
 }
 bench_s=$(( $(date +%s) - t0 ))
 
-# 3. one table
-"$PY" - "$OUT_DIR/rollout.json" "$venv_s" "$bench_s" "$(( $(date +%s) - start ))" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-a = r["args"]
-print(f"\n{r['device']}: {a['prompts']} prompts x {a['samples']} samples, <= {a['new_tokens']} new tokens, "
-      f"{a['dtype']}, LoRA r=8 q/k/v/o; venv {sys.argv[2]} s, benchmark {sys.argv[3]} s, total {sys.argv[4]} s\n")
-print("| what | size | HF | vLLM | vLLM speed-up | adapter load | mean abs d log p | max abs d log p |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-for x in r["rows"]:
-    print(f"| rollout tokens/s | {x['size']} ({x['params'] / 1e6:.0f}M) | {x['hf_tokens_per_s']:.0f} | "
-          f"{x['vllm_tokens_per_s']:.0f} | {x['vllm_over_hf']:.2f}x | {x['adapter_load_s'] * 1000:.0f} ms | "
-          f"{x['logprob_abs_diff']:.2e} | {x['logprob_max_abs_diff']:.2e} |")
-p = r.get("ppo")
-if p:
-    h, v = p["hf"], p["vllm"]
-    print(f"| PPO s/update ({p['steps']} updates) | {p['size']} | {h['s_per_update']:.2f} | {v['s_per_update']:.2f} | "
-          f"{h['s_per_update'] / v['s_per_update']:.2f}x | - | {v['logprob_abs_diff']:.2e} | - |")
-    print(f"| PPO generate s/update | {p['size']} | {h['generate_s']:.2f} | {v['generate_s']:.2f} | "
-          f"{h['generate_s'] / v['generate_s']:.2f}x | - | - | - |")
-EOF
+# 3. our default vs TRL RLOO / GRPO on the GPU (a failure here keeps the rollout figures)
+if [[ -n "$PEERS" && "$VLLM_FLAVOR" == gpu ]]; then
+  timeout --kill-after=30 "$BENCH_TIMEOUT_S" "$PY" benchmarks/bench_ppo.py --device cuda --sizes "$PEER_SIZES" \
+    --sides "$PEERS" --updates "$PEER_UPDATES" --peer-python "$(command -v "$PY")" --work "$OUT_DIR/work-ppo" \
+    --json "$OUT_DIR/ppo_peers.json" >"$OUT_DIR/ppo_peers.log" 2>&1 || {
+    tail -n 40 "$OUT_DIR/ppo_peers.log"; echo "gpu_check: bench_ppo.py --device cuda failed" >&2; }
+  grep -A20 "^ size |" "$OUT_DIR/ppo_peers.log" || true
+fi
+
+# 4. one table
+"$PY" benchmarks/gpu_check_table.py "$OUT_DIR" "$venv_s" "$bench_s" "$(( $(date +%s) - start ))"

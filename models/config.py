@@ -66,6 +66,9 @@ class PPOConfig:
                            ge=1)
     num_minibatches: int = knob(1, "Optimizer steps per PPO epoch.", ge=1)
     grad_accum: int = knob(1, "Micro-batches per minibatch (gradient accumulation).", ge=1)
+    gradient_checkpointing: bool = knob(False, "Recompute each decoder layer's activations in the backward pass "
+                                               "instead of keeping them: activation memory of one layer instead of "
+                                               "all, for one more policy forward per optimizer step.")
     learning_rate: float | None = knob(None, "AdamW learning rate of the LoRA adapters (and value head); "
                                              "None = 0.2 / hidden_size of the base (default_learning_rate).", gt=0)
     lr_schedule: Literal["constant", "linear"] = knob("constant", "constant, or linear decay to 0 at `steps`.")

@@ -10,6 +10,10 @@ peft's ``set_adapter``, which would also flip ``requires_grad`` and confuse DDP)
 
 ``ActorCritic.forward`` runs the policy and the value pass for one batch — the module DDP wraps. With
 ``with_value=False`` (critic-free estimators: rloo, grpo) there is no value adapter, no head and no value pass.
+
+``checkpoint_layers()`` turns on activation checkpointing per decoder layer for the passes with gradients: each
+layer keeps only its input and recomputes its activations in the backward pass, under the adapters that were active
+in the forward (roles are switched by the time ``backward`` runs, so the recompute restores them).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from models.ppo import entropy_from_logits, logprobs_from_logits
 
@@ -51,6 +56,29 @@ def load_base(path: str | Path, dtype: str = "float32", device: str = "auto"):
     model.to(resolve_device(device)).eval()  # eval(): dropout off for every role (Huang et al.)
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def _checkpointed(layer: nn.Module, forward):
+    """``forward`` of one decoder layer, checkpointed while gradients are on; the recompute in the backward pass runs
+    under the LoRA adapters that were active when the forward ran."""
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        tuners = [m for m in layer.modules() if isinstance(m, BaseTunerLayer)]
+        active = [m._active_adapter for m in tuners]
+
+        def replay(*a, **k):
+            now = [m._active_adapter for m in tuners]
+            for m, adapters in zip(tuners, active):
+                m._active_adapter = adapters
+            try:
+                return forward(*a, **k)
+            finally:
+                for m, adapters in zip(tuners, now):
+                    m._active_adapter = adapters
+
+        return checkpoint(replay, *args, use_reentrant=False, **kwargs)
+    return run
 
 
 def lora_config(r: int = 8, alpha: int = 16, target_modules: list[str] | str = ("q_proj", "v_proj"),
@@ -138,6 +166,18 @@ class ActorCritic(nn.Module):
         finally:
             for m, prev in zip(self._tuner_layers, previous):
                 m._active_adapter = prev
+
+    def checkpoint_layers(self) -> None:
+        """Activation checkpointing on every decoder layer of the base, for forwards with gradients only (no-grad
+        passes and ``generate`` run as before, KV cache included)."""
+        layers = getattr(self.backbone, "layers", None)
+        if layers is None:
+            raise ValueError(f"gradient_checkpointing: {type(self.backbone).__name__} has no `layers` (the decoder "
+                             "layers of Llama, Qwen, Gemma and Mistral bases)")
+        for layer in layers:
+            if not getattr(layer, "_flywheel_checkpointed", False):
+                layer.forward = _checkpointed(layer, layer.forward)
+                layer._flywheel_checkpointed = True
 
     @staticmethod
     def backbone_of(base) -> nn.Module:

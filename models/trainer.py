@@ -167,6 +167,8 @@ class PPOTrainer:
                               with_value=config.with_value)
         if reward_model_dir is not None:
             self.ac.attach_reward_model(reward_model_dir)
+        if config.gradient_checkpointing:
+            self.ac.checkpoint_layers()
         self.model = self.ac
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.ac)

@@ -93,6 +93,40 @@ def test_value_pass_from_the_reference_trunk_equals_the_full_value_pass(tiny_bas
     assert all(p.grad is not None for n, p in ac.named_parameters() if ".value." in n)
 
 
+def _policy_and_value_grads(ac: ActorCritic, ids, mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ac.zero_grad(set_to_none=True)
+    logprobs, _, values = ac(ids, mask, 8)  # the roles are switched back before backward runs
+    loss = -(logprobs * torch.linspace(-1, 1, 8)).mean() + values.square().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in ac.named_parameters() if p.requires_grad}
+
+
+def test_checkpointed_layers_give_the_same_loss_and_gradients_under_every_role(tiny_base, tiny_task, tmp_path):
+    examples = [(p, json.dumps({"intent": i, "order_id": o})) for p, i, o in tiny_task[:16]]
+    sft = train_sft(SFTConfig(epochs=1, batch_size=16, progress=False), tiny_base, examples, tmp_path / "sft")
+    ids = torch.randint(5, 100, (4, 20), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding
+    runs = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        lm, _ = load_base(tiny_base)
+        ac = ActorCritic(lm, init_adapter=sft.adapter_dir)  # init (frozen) + policy; init + value
+        _perturb(ac, "policy")
+        _perturb(ac, "value", seed=1)
+        if checkpointed:
+            ac.checkpoint_layers()
+        runs.append(_policy_and_value_grads(ac, ids, mask))
+        with torch.no_grad():  # no-grad passes are not checkpointed and still match
+            runs[-1][1]["ref"] = ac.ref_logprobs(ids, mask, 8)
+    (loss0, g0), (loss1, g1) = runs
+    assert torch.allclose(loss0, loss1, atol=1e-6)
+    assert g0.keys() == g1.keys() and any(".policy." in n for n in g0) and any(".value." in n for n in g0)
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], rtol=1e-4, atol=1e-6), name
+    assert any(float(g.abs().max()) > 0 for n, g in g1.items() if ".policy." in n)
+
+
 def test_exported_policy_adapter_reproduces_warm_start_plus_ppo_delta(tiny_base, tiny_task, tmp_path):
     examples = [(p, json.dumps({"intent": i, "order_id": o})) for p, i, o in tiny_task[:32]]
     sft = train_sft(SFTConfig(epochs=1, batch_size=16, progress=False), tiny_base, examples, tmp_path / "sft")
