@@ -149,7 +149,9 @@ class _Worker:
     def __init__(self, domain: Domain, user_factory: Callable[[], User], max_steps: int, policy: Policy,
                  model_version: str | None, seed: int):
         self.domain = domain
-        self.env = Environment(domain, user_factory, max_steps=max_steps)
+        # a policy whose chat template renders the tool schemas (``TokenPolicy.tools``) gets them once, from there
+        self.env = Environment(domain, user_factory, max_steps=max_steps,
+                               tools_in_prompt=getattr(policy, "tools", None) is None)
         self.policy, self.model_version, self.seed = policy, model_version, seed
         self.pass_episode = _wants_episode(policy)
 

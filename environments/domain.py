@@ -5,7 +5,9 @@ Design
 A domain folder holds ``db.json`` (the fixture), ``policy.md``, ``tasks.json`` and optionally ``split.json``;
 the tools are passed in as Python functions (see ``environments.tools``). ``terminal_tools`` are the tools
 whose call ends the episode (a hand-off such as ``escalate_to_human``). ``system_prompt()`` is the agent's
-system message: the policy, then the tool schemas and the Hermes ``<tool_call>`` calling convention.
+system message: the policy, then the tool schemas and the Hermes ``<tool_call>`` calling convention; the policy
+alone for a model whose chat template renders the tools (``flywheel.agent_policy.template_tools``), so that a real
+model sees the tool list once.
 """
 from __future__ import annotations
 
@@ -58,6 +60,10 @@ class Domain:
     def schemas(self) -> list[dict]:
         return [tool_schema(fn) for fn in self.tools.values()]
 
-    def system_prompt(self) -> str:
-        tools = "\n".join(json.dumps(s, sort_keys=True) for s in self.schemas())
-        return f"{self.policy.strip()}\n\n# Tools\n<tools>\n{tools}\n</tools>\n\n{TOOL_CALL_HELP}"
+    def system_prompt(self, tools: bool = True) -> str:
+        """The agent's system message: the policy, then the tool list and how to call (``tools=False``: the policy
+        alone, for a model whose chat template renders the tools it is handed in its own format)."""
+        if not tools:
+            return self.policy.strip()
+        listed = "\n".join(json.dumps(s, sort_keys=True) for s in self.schemas())
+        return f"{self.policy.strip()}\n\n# Tools\n<tools>\n{listed}\n</tools>\n\n{TOOL_CALL_HELP}"

@@ -101,8 +101,10 @@ def pass_hat_k(successes_per_task: list[list[bool]], k: int) -> float:
 class Environment:
     """One episode at a time over ``domain``; ``user_factory()`` makes the simulated user of each episode."""
 
-    def __init__(self, domain: Domain, user_factory: Callable[[], User], max_steps: int = 30):
+    def __init__(self, domain: Domain, user_factory: Callable[[], User], max_steps: int = 30,
+                 tools_in_prompt: bool = True):
         self.domain, self.user_factory, self.max_steps = domain, user_factory, max_steps
+        self.tools_in_prompt = tools_in_prompt  # False: the policy's chat template renders the tools itself
         self.task: Task | None = None
         self.db: MockDatabase | None = None
         self.messages: list[dict[str, Any]] = []
@@ -124,7 +126,7 @@ class Environment:
         if close:
             close()
         self._user = self.user_factory()
-        self.messages = [{"role": "system", "content": self.domain.system_prompt()},
+        self.messages = [{"role": "system", "content": self.domain.system_prompt(tools=self.tools_in_prompt)},
                          {"role": "user", "content": self._user.start(self.task)}]
         return list(self.messages)
 

@@ -103,9 +103,10 @@ def test_update_tasks_visit_every_task_once_per_pass():
     assert everything == update_tasks(ids, 10, 0, seed=1) and sorted(everything) == sorted(ids)
 
 
-# A Qwen/Hermes-style template that renders the `tools` it is handed in the system turn, as real models' do.
+# A Qwen/Hermes-style template that renders the `tools` it is handed after the system message, as real models' do.
 TOOLS_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools>"
+    "{% if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n"
+    "{% endif %}# Tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools>"
     "<|im_end|>\n{% endif %}{% for m in messages %}{% if m['role'] != 'system' %}<|im_start|>{{ m['role'] }}\n"
     "{{ m['content'] or '' }}{% for tc in m.get('tool_calls') or [] %}<tool_call>{{ tc['function'] | tojson }}"
     "</tool_call>{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
@@ -132,5 +133,6 @@ def test_a_template_that_takes_tools_gets_the_domain_schemas_and_stays_token_exa
         first = tokenizer.decode(stream[0][0])
         assert "<tools>" in first and all(f'"name": "{s["function"]["name"]}"' in first for s in schemas)
         assert len(stream) == 3 and all(ids for _, ids in stream)  # three sampled turns, none re-tokenised
+        assert domain.policy.strip() in first  # the system message, without its own tool list
         rendered = tokenizer.decode([t for context, ids in stream for t in context + ids])
-        assert rendered.count("<tools>") == 1  # later turns append only the new messages
+        assert rendered.count("<tools>") == 1  # once (the template's), and later turns append only new messages
