@@ -97,7 +97,7 @@ def _scenario(args) -> dict:
     total = time.perf_counter() - start
     o, v = obs.seconds, val.seconds
     phases = {"list": o.get("list", 0), "read": o["read"], "parse": o["parse"], "write raw": o["write"],
-              "validate load": v["load"], "validate checks (GX)": v["checks"], "quarantine": v["quarantine"],
+              "validate keys pass": v["keys"], "validate checks (GX)": v["checks"], "quarantine": v["quarantine"],
               "pii": v["pii"], "write clean": v["write"]}
     phases["other"] = total - sum(phases.values())
     return {"scenario": args.worker, "rows": val.rows_in, "rows_clean": val.rows_clean, "cpu_s": _cpu() - cpu0,

@@ -1,7 +1,8 @@
 """Child processes that never outlive the command that started them.
 
 ``spawn`` starts a child in its own session (its own process group), so ``stop_group`` can stop it together with
-every worker it forks; ``sigterm_as_interrupt`` makes ``kill <pid>`` run the same cleanup as Ctrl-C.
+every worker it forks; ``sigterm_as_interrupt`` makes ``kill <pid>`` run the same cleanup as Ctrl-C. On Linux the
+child also gets SIGTERM when the command dies without cleaning up (SIGKILL, a crash): ``PR_SET_PDEATHSIG``.
 """
 from __future__ import annotations
 
@@ -9,12 +10,23 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 
+def _terminate_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 def spawn(cmd: list[str], **kw) -> subprocess.Popen:
-    """``subprocess.Popen(cmd, **kw)`` in a new session: the child leads a process group of its own."""
+    """``subprocess.Popen(cmd, **kw)`` in a new session: the child leads a process group of its own, and on Linux is
+    sent SIGTERM if this process dies first."""
+    if sys.platform.startswith("linux"):
+        kw.setdefault("preexec_fn", _terminate_with_parent)
     return subprocess.Popen(cmd, start_new_session=True, **kw)
 
 

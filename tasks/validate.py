@@ -2,10 +2,12 @@
 
 1. Parse-level failures found by observe (``malformed_json``, ``invalid_utf8``, ``not_an_object``, ``type:<field>``)
    are taken as they are; lines that did not decode to an object never reach Great Expectations.
-2. The contract's GX suite (``data_contracts/<contract>.py: build_suite``) runs once on a check frame of the decoded
-   rows with ``result_format="COMPLETE"``; each failed expectation gives the failing rows (index = snapshot row) and
-   its ``meta["check"]`` names the reason. Duplicates keep their first line in log order (object, line); a row an
-   earlier committed batch already accepted is ``duplicate:earlier_batch`` (``flywheel.seen_ids``).
+2. The contract's GX suite (``data_contracts/<contract>.py: build_suite``) runs on a check frame of the decoded
+   rows, one batch of ``CHECK_BATCH_ROWS`` rows at a time (memory stays flat with the night's size), with
+   ``result_format="COMPLETE"``; each failed expectation gives the failing rows (index = snapshot row) and its
+   ``meta["check"]`` names the reason. ``duplicate:request_id`` spans the whole night: a keys pass over the snapshot
+   (``flywheel.row_index``) finds every id seen on an earlier line in log order (object, line), and the first stays
+   clean; a row an earlier committed batch already accepted is ``duplicate:earlier_batch`` (``flywheel.seen_ids``).
 3. Every rejected row becomes one quarantine JSONL record: source object and line, request_id, every reason, raw input.
 4. Clean rows lose the internal ``_`` columns, are PII-scrubbed (counts per pattern) and written as the clean snapshot.
 5. Batch gates (min rows, quarantine fraction, null rate of key fields, duplicate rate) are evaluated; a failure raises
@@ -35,6 +37,7 @@ from flywheel.config.data import GatesConfig, ValidateConfig
 from flywheel.logfields import logged_record
 from flywheel.quarantine import open_private, quarantine_dir
 from flywheel.records import GateResult, Observation, Validation
+from flywheel.row_index import read_row_index
 from flywheel.schema import SNAPSHOT_COLUMNS
 from flywheel.validation_report import write_report
 
@@ -43,9 +46,9 @@ CHECK_COLUMNS = ["request_id", "timestamp", "task", "model_version", "completion
                  "_n_messages", "_max_content_chars", "_roles", "_errors", "_decoded", "source_object", "source_line"]
 CLEAN_DICTIONARY_COLUMNS = ["dt", "task", "model_version", "source_object"]
 BATCH_ROWS = 64 * 1024
+CHECK_BATCH_ROWS = 512 * 1024  # rows per run of the suite: bounds the check frame (and GX's copies of it)
 # Repeated texts of the check columns stay dictionary-encoded in memory (not source_object: its codes give log order)
 DICTIONARY_CHECK_COLUMNS = ["task", "model_version", "_roles", "_errors"]
-KEY_BATCH_ROWS = 256 * 1024  # row keys hashed in batches: the request ids' Python strings never exist all at once
 EXAMPLES_PER_CHECK = 3
 
 
@@ -75,12 +78,13 @@ def load_contract(name: str) -> ModuleType:
 # ---------------------------------------------------------------- the contract's checks
 
 
-def _check_frame(table: pa.Table, rows: np.ndarray, id_codes: np.ndarray):
-    """The columns the suite checks, for the decoded rows; index = row number in the snapshot.
+def _check_frame(table: pa.Table, rows: np.ndarray, offset: int):
+    """The columns the suite checks, for the decoded ``rows`` of one batch; index = row number in the snapshot
+    (``offset`` = the batch's first row).
 
     Nothing is copied row by row in Arrow: numbers are computed on whole columns and indexed in numpy; text columns
     become pandas categoricals (GX filters the whole frame once per expectation: taking codes is cheap) and
-    ``request_id`` becomes its dictionary code (equal ids, equal codes) plus its length.
+    ``request_id`` becomes its dictionary code in the batch (equal ids, equal codes) plus its length.
     """
     import pandas as pd
 
@@ -92,7 +96,7 @@ def _check_frame(table: pa.Table, rows: np.ndarray, id_codes: np.ndarray):
         return pd.Categorical.from_codes(encoded.indices.fill_null(-1).to_numpy()[rows],
                                          encoded.dictionary.to_pylist())
 
-    ids = id_codes[rows].astype(np.float64)
+    ids = _id_codes(table)[rows].astype(np.float64)
     ids[ids < 0] = np.nan
     frame = pd.DataFrame({
         "request_id_key": ids,
@@ -108,27 +112,13 @@ def _check_frame(table: pa.Table, rows: np.ndarray, id_codes: np.ndarray):
         "thumbs": numbers(table["thumbs"]),
         "latency_ms": numbers(table["latency_ms"]),
     })
-    frame.index = rows
+    frame.index = offset + rows
     return frame
 
 
 def _id_codes(table: pa.Table) -> np.ndarray:
     """Dictionary code of each request_id (equal ids, equal codes; -1 = missing)."""
     return pc.dictionary_encode(table["request_id"].combine_chunks()).indices.fill_null(-1).to_numpy()
-
-
-def _later_duplicates(table: pa.Table, codes: np.ndarray) -> np.ndarray:
-    """True for every non-null request_id already seen on an earlier line (the first occurrence stays clean).
-
-    "Earlier" is log order (object, then line), not snapshot order: observe writes each object's well-formed lines
-    before its odd ones, and which line of a duplicated pair is kept must not depend on that.
-    """
-    objects = pc.dictionary_encode(table["source_object"].combine_chunks()).indices.to_numpy()  # first-seen order
-    order = np.lexsort((table["source_line"].to_numpy(), objects))
-    first = np.zeros(len(codes), dtype=bool)
-    _, where = np.unique(codes[order], return_index=True)
-    first[order[where]] = True
-    return (codes >= 0) & ~first
 
 
 def _gx_context():
@@ -140,12 +130,12 @@ def _gx_context():
     return gx.get_context(project_config=config, mode="ephemeral")
 
 
-def run_suite(frame, suite) -> dict[str, np.ndarray]:
-    """Run the GX ``suite`` on ``frame``; returns reason -> snapshot rows that failed it.
+def suite_runner(suite):
+    """A function running the GX ``suite`` on a check frame: frame -> {reason: snapshot rows that failed it}.
 
-    The batch validates the suite directly (``Batch.validate``): same expectations and results as a
-    ``ValidationDefinition``, without serialising the COMPLETE result (every failing index) into a results store
-    that an ephemeral context throws away (about 10 % of the checks' time).
+    One ephemeral context and batch definition serve every batch of the night. Each batch validates the suite
+    directly (``Batch.validate``): same expectations and results as a ``ValidationDefinition``, without serialising
+    the COMPLETE result (every failing index) into a results store that an ephemeral context throws away.
     """
     import logging
 
@@ -157,18 +147,22 @@ def run_suite(frame, suite) -> dict[str, np.ndarray]:
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
     except Exception:  # noqa: BLE001, S110 - progress bars are cosmetic
         pass
-    batch = context.data_sources.add_pandas("snapshot").add_dataframe_asset("rows") \
-        .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(suite, result_format="COMPLETE")
-    failures: dict[str, np.ndarray] = {}
-    for outcome in result.results:
-        expectation = outcome.expectation_config
-        name = (expectation.meta or {}).get("check") or f"{expectation.type}:{expectation.kwargs.get('column')}"
-        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
-            raise RuntimeError(f"contract check {name} could not run: "
-                               f"{outcome.exception_info.get('exception_message')}")
-        failures[name] = np.asarray(outcome.result.get("unexpected_index_list") or [], dtype=np.int64)
-    return failures
+    definition = context.data_sources.add_pandas("snapshot").add_dataframe_asset("rows") \
+        .add_batch_definition_whole_dataframe("all")
+
+    def run(frame) -> dict[str, np.ndarray]:
+        result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite,
+                                                                                     result_format="COMPLETE")
+        failures: dict[str, np.ndarray] = {}
+        for outcome in result.results:
+            expectation = outcome.expectation_config
+            name = (expectation.meta or {}).get("check") or f"{expectation.type}:{expectation.kwargs.get('column')}"
+            if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+                raise RuntimeError(f"contract check {name} could not run: "
+                                   f"{outcome.exception_info.get('exception_message')}")
+            failures[name] = np.asarray(outcome.result.get("unexpected_index_list") or [], dtype=np.int64)
+        return failures
+    return run
 
 
 @dataclass
@@ -181,40 +175,51 @@ class _Verdict:
     decoded: np.ndarray  # (rows_in,) bool: the line decoded to a JSON object
 
 
-def _parse_reasons(table: pa.Table) -> dict[int, list[str]]:
-    """Snapshot row -> the parse-level reasons observe recorded in ``_errors``."""
+def _parse_reasons(table: pa.Table, offset: int) -> dict[int, list[str]]:
+    """Snapshot row -> the parse-level reasons observe recorded in ``_errors`` (``offset``: the batch's first row)."""
     rows = np.flatnonzero(table["_errors"].is_valid().to_numpy(zero_copy_only=False))
     errors = table["_errors"].take(pa.array(rows)).to_pylist()
-    return {row: joined.split("|") for row, joined in zip(rows.tolist(), errors)}
+    return {offset + row: joined.split("|") for row, joined in zip(rows.tolist(), errors)}
 
 
-def _judge_rows(table: pa.Table, contract: ModuleType, cfg: ValidateConfig, now: str | None,
-                replayed: np.ndarray) -> _Verdict:
-    """Parse-level reasons, rows accepted by an earlier batch (``replayed``) and the contract suite's failures."""
-    decoded = table["_decoded"].to_numpy(zero_copy_only=False).astype(bool)
-    parse_reasons = _parse_reasons(table)
+def _judge_rows(snapshot_uri: str | Path, contract: ModuleType, cfg: ValidateConfig, now: str | None,
+                replayed: np.ndarray, later_duplicate: np.ndarray) -> _Verdict:
+    """Parse-level reasons, rows accepted by an earlier batch (``replayed``), the contract suite's failures batch by
+    batch, and ``duplicate:request_id`` over the whole night (``later_duplicate``, from the keys pass)."""
+    rows_in = len(replayed)
+    decoded = np.zeros(rows_in, dtype=bool)
+    parse_reasons: dict[int, list[str]] = {}
     failures: dict[str, list[np.ndarray]] = {"duplicate:earlier_batch": [np.flatnonzero(replayed)]}
-    for row, reasons in parse_reasons.items():
-        for reason in reasons:
-            failures.setdefault(reason, []).append(np.array([row]))
-    rows = np.flatnonzero(decoded)
-    id_codes = _id_codes(table)
-    suite_failures = {}
-    if len(rows):
-        suite = contract.build_suite(cfg.limits.contract_limits(), now=now)
-        suite_failures = run_suite(_check_frame(table, rows, id_codes), suite)
-    later_duplicate = _later_duplicates(table, id_codes)
-    for name, idx in suite_failures.items():
-        if name.startswith("duplicate:"):
-            idx = idx[later_duplicate[idx]]  # keep the first occurrence
-        if name.startswith("missing:"):  # a wrong type is reported as such, not as missing
-            typed = "type:" + name.split(":", 1)[1]
-            idx = np.array([i for i in idx.tolist() if typed not in parse_reasons.get(i, ())], dtype=np.int64)
-        if len(idx):
-            failures.setdefault(name, []).append(idx)
+    suite = contract.build_suite(cfg.limits.contract_limits(), now=now)
+    checks = {(e.meta or {}).get("check") for e in suite.expectations}
+    run = None
+    at = 0
+    snapshot = pq.ParquetFile(snapshot_uri, read_dictionary=DICTIONARY_CHECK_COLUMNS)
+    for batch in snapshot.iter_batches(batch_size=CHECK_BATCH_ROWS, columns=CHECK_COLUMNS):
+        table = pa.Table.from_batches([batch])  # the message texts are not read: those are streamed by the split
+        decoded[at:at + table.num_rows] = table["_decoded"].to_numpy(zero_copy_only=False).astype(bool)
+        reasons = _parse_reasons(table, at)
+        parse_reasons.update(reasons)
+        for row, row_reasons in reasons.items():
+            for reason in row_reasons:
+                failures.setdefault(reason, []).append(np.array([row]))
+        rows = np.flatnonzero(decoded[at:at + table.num_rows])
+        if len(rows):
+            run = run or suite_runner(suite)
+            for name, idx in run(_check_frame(table, rows, at)).items():
+                if name == "duplicate:request_id":
+                    continue  # across batches: the keys pass's answer below
+                if name.startswith("missing:"):  # a wrong type is reported as such, not as missing
+                    typed = "type:" + name.split(":", 1)[1]
+                    idx = np.array([i for i in idx.tolist() if typed not in parse_reasons.get(i, ())], dtype=np.int64)
+                if len(idx):
+                    failures.setdefault(name, []).append(idx)
+        at += table.num_rows
+    if "duplicate:request_id" in checks:
+        failures["duplicate:request_id"] = [np.flatnonzero(later_duplicate & decoded)]
     failed = {name: np.unique(np.concatenate(parts)) for name, parts in failures.items()
               if sum(map(len, parts))}
-    rejected = np.zeros(table.num_rows, dtype=bool)
+    rejected = np.zeros(rows_in, dtype=bool)
     row_reasons: dict[int, list[str]] = {}
     for name in sorted(failed):
         rejected[failed[name]] = True
@@ -353,17 +358,13 @@ def validate(snapshot_uri: str | Path, state_dir: str | Path, cfg: ValidateConfi
     tag = snapshot_hash[:16]
     seconds: dict[str, float] = {}
 
-    # 1-2. parse-level reasons and the contract's suite
+    # 1-2. the keys pass (replays, duplicates across the night), then parse-level reasons and the contract's suite
     start = time.perf_counter()
-    table = pq.read_table(snapshot_uri, columns=CHECK_COLUMNS,  # no message texts: those are streamed below
-                          read_dictionary=DICTIONARY_CHECK_COLUMNS)
-    rows_in = table.num_rows
-    seconds["load"] = time.perf_counter() - start
+    index = read_row_index(snapshot_uri)
+    keys, rows_in = index.keys, len(index.keys)
+    seconds["keys"] = time.perf_counter() - start
     start = time.perf_counter()
-    keys = np.concatenate([np.zeros(0, np.uint64)] + [seen_ids.row_keys(table.slice(at, KEY_BATCH_ROWS))
-                                                      for at in range(0, rows_in, KEY_BATCH_ROWS)])
-    verdict = _judge_rows(table, contract, cfg, now, seen_ids.replayed(state, tag, keys))
-    del table
+    verdict = _judge_rows(snapshot_uri, contract, cfg, now, seen_ids.replayed(state, tag, keys), index.later_duplicate)
     seconds["checks"] = time.perf_counter() - start
 
     # 3-4. quarantine and clean snapshot

@@ -150,13 +150,15 @@ def test_flows_ui_serves_prefect_and_mlflow_with_the_registered_model(fast_demo,
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
     cli = str(Path(sys.executable).parent / "flywheel")
-    proc = subprocess.Popen([cli, "ui", "--config", str(out / "flywheel.yaml"),
-                             "--prefect-port", str(p_port), "--mlflow-port", str(m_port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tmp_path / "ui.log"  # a file, not a pipe: servers outliving a crashed `ui` would hold a pipe open forever
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([cli, "ui", "--config", str(out / "flywheel.yaml"),
+                                 "--prefect-port", str(p_port), "--mlflow-port", str(m_port)], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline, body, health = time.time() + 180, None, None
         while time.time() < deadline and (body is None or health is None):
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, f"flywheel ui exited with {proc.returncode}: {log.read_text()[-2000:]}"
             try:
                 health = health or httpx.get(f"http://127.0.0.1:{p_port}/api/health", timeout=2).json()
                 r = httpx.get(f"http://127.0.0.1:{m_port}/api/2.0/mlflow/registered-models/get",
@@ -172,7 +174,7 @@ def test_flows_ui_serves_prefect_and_mlflow_with_the_registered_model(fast_demo,
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)  # ui gives each server group up to 15 s of SIGTERM (+ 10 s after SIGKILL)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert f"http://127.0.0.1:{p_port}" in proc.stdout.read()
+    assert f"http://127.0.0.1:{p_port}" in log.read_text()

@@ -54,7 +54,7 @@ def _describe(procs: list[psutil.Process]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_stopping_flywheel_ui_by_pid_stops_both_servers_and_their_workers(tmp_path, sig):
     p_port, m_port = _free_port(), _free_port()
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
