@@ -48,20 +48,31 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
 
     The group is killed even when its leader has already exited, so workers it left behind stop too.
     """
-    def _signal_group(sig: int) -> None:
+    return stop_groups([proc], timeout_s)[0]
+
+
+def stop_groups(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> list[int | None]:
+    """``stop_group`` for several groups at once: SIGTERM to all, one shared ``timeout_s``, then SIGKILL to what is
+    left, so stopping N servers takes as long as the slowest, not the sum."""
+    def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
 
-    _signal_group(signal.SIGTERM)
+    def stopped(proc: subprocess.Popen) -> bool:
+        return proc.poll() is not None and not _group_alive(proc.pid)
+
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not _group_alive(proc.pid):
-            return proc.returncode
+    while time.monotonic() < deadline and not all(stopped(p) for p in procs):
         time.sleep(0.1)
-    _signal_group(signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-    return proc.returncode
+    for proc in procs:
+        if not stopped(proc):
+            _signal_group(proc, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    return [proc.returncode for proc in procs]
 
 
 def _group_alive(pgid: int) -> bool:

@@ -172,7 +172,7 @@ def ui(
     from flywheel.registry import artifact_location, tracking_uri
 
     store = tracking_uri(cfg.state, cfg.registry.tracking_uri)
-    from flywheel.procs import sigterm_as_interrupt, spawn, stop_group
+    from flywheel.procs import sigterm_as_interrupt, spawn, stop_groups
 
     procs: list[subprocess.Popen] = []
     with sigterm_as_interrupt():  # `kill <pid>` stops both servers (and their workers) like Ctrl-C does
@@ -190,5 +190,4 @@ def ui(
         except KeyboardInterrupt:
             pass
         finally:
-            for p in procs:
-                stop_group(p, timeout_s=15)
+            stop_groups(procs, timeout_s=15)  # both at once: Ctrl-C waits for the slower server, not the sum

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 STARTUP_S = 180  # two servers on a busy 2-core machine
-STOP_S = 45  # ui gives each server group 15 s of SIGTERM before SIGKILL
+STOP_S = 45  # ui gives both server groups 15 s of SIGTERM together, then SIGKILL (and 10 s to reap)
 
 
 def _free_port() -> int:
@@ -82,7 +82,8 @@ def test_stopping_flywheel_ui_by_pid_stops_both_servers_and_their_workers(tmp_pa
         deadline = time.monotonic() + STOP_S
         while (proc.poll() is None or any(_running(p) for p in recorded)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is not None, f"flywheel ui still running {STOP_S} s after {sig.name}"
+        assert proc.poll() is not None, f"flywheel ui still running {STOP_S} s after {sig.name}: " \
+                                        f"{log.read_text()[-2000:]}"
         left = [p for p in recorded if _running(p)]
         assert not left, f"left running after {sig.name} to flywheel ui: {_describe(left)}"
         assert not _answers(urls[0]) and not _answers(urls[1])
