@@ -53,6 +53,12 @@ def _describe(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
+def _interruptible() -> None:
+    """In the child: SIGINT as in a terminal. A suite started in the background (``cmd &`` in a script) inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler, as POSIX asks of an ignored signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_stopping_flywheel_ui_by_pid_stops_both_servers_and_their_workers(tmp_path, sig):
@@ -64,7 +70,7 @@ def test_stopping_flywheel_ui_by_pid_stops_both_servers_and_their_workers(tmp_pa
     with open(log, "w") as sink:
         proc = subprocess.Popen([cli, "ui", "--state", str(tmp_path / "state"), "--prefect-port", str(p_port),
                                  "--mlflow-port", str(m_port)], env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_interruptible)
     recorded: list[psutil.Process] = []
     try:
         urls = [f"http://127.0.0.1:{p_port}/api/health", f"http://127.0.0.1:{m_port}/health"]
